@@ -1,0 +1,124 @@
+"""Plain building blocks: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention, the GQA block.
+
+Prelude and coda are stacks of `Block` (pre-norm, residual, GQA + SwiGLU, RoPE, no biases). Attention
+goes through PyTorch SDPA. Caching is explicit: a block receives the layer's key/value buffers and the
+current cache length and writes its new keys/values in place (see `cache.py`).
+
+Simplifications: no dropout (these models are small and data is plentiful); RoPE tables are built
+once up to `max_seq_len` and indexed by explicit position ids, so left-padded batches rotate every
+sequence exactly as if it were alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from looplm.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms(x, self.eps) * self.weight
+
+
+def rms(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Weightless RMS normalisation over the last dimension (written out: on CPU it is fewer
+    dispatched ops than F.rms_norm for the small tensors of decoding)."""
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for rotary embeddings of one width; `forward(pos)` gathers them for [B, T] positions."""
+
+    def __init__(self, dim: int, max_len: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # [L, dim/2]
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # pos [B, T] -> cos, sin [B, 1, T, dim/2] (broadcast over heads)
+        return self.cos[pos].unsqueeze(1).to(dtype), self.sin[pos].unsqueeze(1).to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (first half, second half) of the last dim of x [B, H, T, dim]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)  # [W_gate ; W_up]
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+def attend(q, k, v, mask, scale=None):
+    """SDPA with shared KV heads (GQA/MQA). mask: None (plain causal over equal lengths), "none"
+    (attend to everything given: one new token with an unpadded cache) or a bool [B, 1, T, L]."""
+    if isinstance(mask, str):
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
+class GQAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        d = cfg.d_model
+        self.wqkv = nn.Linear(d, (self.n_heads + 2 * self.n_kv) * self.hd, bias=False)  # [Wq ; Wk ; Wv]
+        self.wo = nn.Linear(self.n_heads * self.hd, d, bias=False)
+
+    def forward(self, x, rope, mask, kv=None, pos: int = 0):
+        B, T, _ = x.shape
+        qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv, self.hd).transpose(1, 2)  # [B, H+2Hkv, T, hd]
+        q, k, v = qkv.split([self.n_heads, self.n_kv, self.n_kv], dim=1)  # [B, H, T, hd], [B, Hkv, T, hd] x2
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv is not None:  # write into the layer's cache buffers, then read everything so far
+            kbuf, vbuf = kv
+            kbuf[:, :, pos:pos + T] = k
+            vbuf[:, :, pos:pos + T] = v
+            k, v = kbuf[:, :, :pos + T], vbuf[:, :, :pos + T]
+        y = attend(q, k, v, mask)  # [B, H, T, hd]
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with GQA and SwiGLU (prelude and coda)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = GQAttention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
+
+    def forward(self, x, rope, mask, kv=None, pos: int = 0):
+        x = x + self.attn(self.attn_norm(x), rope, mask, kv, pos)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+def sinusoidal(t, dim: int, device=None) -> torch.Tensor:
+    """Sinusoidal encoding of (non-negative, unbounded) step indices: an int -> [dim], a sequence -> [S, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=device) / half)
+    ts = torch.as_tensor(t, dtype=torch.float32, device=device)
+    ang = ts[..., None] * freqs
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)

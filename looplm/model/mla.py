@@ -1,0 +1,126 @@
+"""CART-MLA: context-anchored multi-head latent attention for the recurrent core, and its two KV sources.
+
+Each key/value comes from a per-token latent `c_j = W_DKV · norm(x_j)` (kv_latent_dim) plus a shared
+RoPE key `k^R_j = RoPE(W_KR · norm(x_j))` (rope_dim). Per step, `k = [W_UK^(t) c ; k^R]` and
+`v = W_UV^(t) c` with step-modulated up-projections. The attention is computed in the *absorbed*
+form (DeepSeek-V2): the query's no-RoPE part is mapped into latent space, `q_lat = W_UK^(t)ᵀ q_nope`,
+so the scores are `q_lat · c_j + q_rope · k^R_j` and the output is `W_UV^(t) Σ_j p_j c_j`. That is
+multi-query attention over the cached latents themselves: nothing per step or per head is cached.
+
+Where `x_j` comes from is the variant, chosen by `ModelConfig.core_kv`:
+- `AnchoredLatents`: x = the prelude output e (computed once per token; exact under adaptive exit,
+  batching and parallel verification, and the cache does not grow with steps);
+- `PerStepLatents`: x = the block's input at the current step (Huginn-style); cached per step, and a
+  token that exited early lends its last latent to later steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from looplm.config import ModelConfig
+from looplm.model.layers import RMSNorm, apply_rope, attend
+from looplm.model.modulation import ModulatedLinear, NormedInputModulatedLinear, StepModulatedLinear
+
+
+class CartMLA(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, H = cfg.d_model, cfg.n_heads
+        self.H, self.dn, self.dr, self.lat = H, cfg.head_dim, cfg.rope_dim, cfg.kv_latent_dim
+        self.kv_norm = RMSNorm(d, cfg.norm_eps)
+        self.w_dkv = nn.Linear(d, self.lat, bias=False)
+        self.w_kr = nn.Linear(d, self.dr, bias=False)
+        self.w_q = NormedInputModulatedLinear(d, H * (self.dn + self.dr), cfg.mod_rank, d)
+        self.w_uk = StepModulatedLinear(self.lat, H * self.dn, cfg.mod_rank, d)
+        self.w_uv = StepModulatedLinear(self.lat, H * self.dn, cfg.mod_rank, d)
+        self.w_o = ModulatedLinear(H * self.dn, d, cfg.mod_rank, d)
+        self.scale = 1.0 / math.sqrt(self.dn + self.dr)
+
+    def latents(self, x: torch.Tensor, rope) -> torch.Tensor:
+        """x [B, T, d] -> [B, T, lat + dr]: the latent and the rotated shared RoPE key."""
+        h = self.kv_norm(x)
+        kr = apply_rope(self.w_kr(h).unsqueeze(1), *rope).squeeze(1)  # [B, T, dr]
+        return torch.cat([self.w_dkv(h), kr], dim=-1)
+
+    def forward(self, x, terms, t, lat, rope, mask):
+        # x [B, T, d] (normed), lat [B, L, lat + dr] (every visible key), rope for the T queries;
+        # terms: the step table's per-module step terms (see RecurrentCore.step_table)
+        B, T, _ = x.shape
+        q = self.w_q(x, terms[self.w_q][t]).view(B, T, self.H, self.dn + self.dr).transpose(1, 2)  # [B, H, T, dn+dr]
+        q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
+        w_uk = terms[self.w_uk][t].view(self.H, self.dn, self.lat)
+        q_lat = q_nope @ w_uk  # [B, H, T, dn] @ [H, dn, lat] -> [B, H, T, lat]
+        query = torch.cat([q_lat, apply_rope(q_rope, *rope)], dim=-1)  # [B, H, T, lat + dr]
+        key, value = lat.unsqueeze(1), lat[..., : self.lat].unsqueeze(1)  # [B, 1, L, *]: one shared KV head
+        o = attend(query, key, value, mask, scale=self.scale)  # [B, H, T, lat]
+        w_uv_t = terms[self.w_uv][t].view(self.H, self.dn, self.lat).transpose(1, 2)  # [H, lat, dn]
+        o = (o @ w_uv_t).transpose(1, 2).reshape(B, T, self.H * self.dn)  # [B, H, T, dn] -> [B, T, H*dn]
+        return self.w_o(o, terms[self.w_o][t])
+
+    def modulated(self):
+        return [self.w_q, self.w_uk, self.w_uv, self.w_o]
+
+
+def _take(x: torch.Tensor, rows):
+    return x if rows is None else x[rows]
+
+
+class AnchoredLatents:
+    """Latents from the prelude output, computed once per call and written to the cache."""
+
+    def __init__(self, attns, e, rope, cache, pos: int):
+        self.lat = []
+        for b, attn in enumerate(attns):
+            new = attn.latents(e, rope)  # [B, T, E]
+            if cache is not None:
+                cache.core[b][:, pos:pos + e.shape[1]] = new
+                new = cache.core[b][:, :pos + e.shape[1]]
+            self.lat.append(new)
+
+    def at_step(self, b: int, t: int, z, rope, rows, exited):
+        return _take(self.lat[b], rows)
+
+    def finish(self, exit_steps) -> None:
+        pass
+
+
+class PerStepLatents:
+    """Latents from each step's block input; cached per step; exited tokens lend their last latent."""
+
+    def __init__(self, attns, e, rope, cache, pos: int):
+        self.attns, self.cache, self.pos, self.T = attns, cache, pos, e.shape[1]
+        self.last: list[torch.Tensor | None] = [None] * len(attns)
+
+    def at_step(self, b: int, t: int, z, rope, rows, exited):
+        new = self.attns[b].latents(z, rope)  # [R, T, E]
+        last = self.last[b]
+        if last is not None and exited is not None:
+            new = torch.where(exited.unsqueeze(-1), _take(last, rows), new)
+        self.last[b] = new if rows is None else (last.index_copy(0, rows, new) if last is not None else None)
+        if self.last[b] is None:  # first step ran on a subset: cannot happen (all rows run at t = 0)
+            raise RuntimeError("per-step latents: first step must run on every row")
+        if self.cache is None:
+            return new
+        buf, p, T = self.cache.core[b], self.pos, self.T
+        if rows is None:
+            buf[:, t, p:p + T] = new
+            return buf[:, t, :p + T]
+        buf[rows, t, p:p + T] = new
+        return buf[rows, t, :p + T]
+
+    def finish(self, exit_steps: torch.Tensor) -> None:
+        """Every step at or after a token's exit holds its last latent: exit_steps [B, T]."""
+        if self.cache is None:
+            return
+        p, T = self.pos, self.T
+        S = self.cache.n_steps
+        later = torch.arange(S, device=exit_steps.device)[None, :, None] >= exit_steps[:, None, :]  # [B, S, T]
+        for b, buf in enumerate(self.cache.core):
+            buf[:, :, p:p + T] = torch.where(later.unsqueeze(-1), self.last[b].unsqueeze(1), buf[:, :, p:p + T])
+
+
+LATENT_SOURCES = {"anchored": AnchoredLatents, "per_step": PerStepLatents}

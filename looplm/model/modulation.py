@@ -1,0 +1,120 @@
+"""Ouroboros weight modulation: a low-rank, step- and input-conditioned correction of a core linear.
+
+    W_eff(t, x) · x = W x + U · diag(g(t, x)) · Vᵀ x
+    U = U_r Σ_r^½,  V = V_r Σ_r^½        (truncated SVD of W at init, rank r)
+    g(t, x) = tanh(G_e · step_emb(t) + G_x · rms(x))     (G_e, G_x start at zero)
+
+At init g = 0, so the layer is exactly the plain linear; training learns to rescale W's top-r singular
+directions per step and per input. `StepModulatedLinear` conditions g on the step only, so its
+effective weight is materialised once per step (used for CART-MLA's up-projections, whose latent
+cache must stay valid across steps). `reinit_from_weight()` recomputes U, V from the current W (the
+optional "re-initialise after warm-up" of MODEL.md).
+
+Speed: the step-only part `G_e · step_emb(t)` (and a StepModulatedLinear's whole weight) is computed
+for all steps at once by `step_terms` (see `RecurrentCore.step_table`). In `ModulatedLinear`, W, Vᵀ
+and G_x live in one parameter `fused = [W ; Vᵀ ; G_x]` so a single matmul gives W x, Vᵀ x and G_x x
+(G_x · rms(x) = (G_x · x) / rms-scale(x)); a second, rank-r matmul applies U.
+
+Simplification: U and V are ordinary trainable parameters after init (not re-orthogonalised).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """U [out, r], V [in, r] with U Vᵀ = the best rank-r approximation of weight [out, in]."""
+    u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    return (u[:, :rank] * root).to(weight.dtype), (vh[:rank].T * root).to(weight.dtype)
+
+
+class ModulatedLinear(nn.Module):
+    """y = W x + U (g ⊙ Vᵀ x), g = tanh(step_term + G_x rms(x)); x [..., d_in], step_term [r]."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, d_step: int, eps: float = 1e-5):
+        super().__init__()
+        self.d_out, self.rank, self.eps = d_out, rank, eps
+        self.fused = nn.Parameter(torch.empty(d_out + 2 * rank, d_in))  # [W ; Vᵀ ; G_x]
+        self.U = nn.Parameter(torch.zeros(d_out, rank))
+        self.g_step = nn.Linear(d_step, rank, bias=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.fused[: self.d_out]
+
+    @property
+    def V(self) -> torch.Tensor:  # [in, r]
+        return self.fused[self.d_out: self.d_out + self.rank].T
+
+    @property
+    def G_x(self) -> torch.Tensor:  # [r, in]
+        return self.fused[self.d_out + self.rank:]
+
+    @torch.no_grad()
+    def reinit_from_weight(self) -> None:
+        """U, V <- SVD factors of the current W; the gate projections are left as they are."""
+        if self.rank:
+            u, v = svd_factors(self.weight, self.rank)
+            self.U.copy_(u)
+            self.fused[self.d_out: self.d_out + self.rank] = v.T
+
+    def step_terms(self, step_vecs: torch.Tensor) -> torch.Tensor:
+        """G_e step_emb(t) for every step: [S, d_step] -> [S, r]."""
+        return self.g_step(step_vecs)
+
+    def forward(self, x: torch.Tensor, step_term: torch.Tensor) -> torch.Tensor:
+        if not self.rank:
+            return F.linear(x, self.fused)
+        y, vx, gx = F.linear(x, self.fused).split([self.d_out, self.rank, self.rank], dim=-1)
+        inv_rms = torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps)
+        g = torch.tanh(step_term + gx * inv_rms)  # [..., r]
+        return y + F.linear(g * vx, self.U)
+
+
+class NormedInputModulatedLinear(ModulatedLinear):
+    """A ModulatedLinear whose input already comes out of an RMSNorm: g = tanh(step_term + G_x x).
+
+    norm(x) is taken to be x itself (exact while the norm's weight is 1, as at init); this saves the
+    per-token RMS of the input for the query and MLP-input projections of the core blocks."""
+
+    def forward(self, x: torch.Tensor, step_term: torch.Tensor) -> torch.Tensor:
+        if not self.rank:
+            return F.linear(x, self.fused)
+        y, vx, gx = F.linear(x, self.fused).split([self.d_out, self.rank, self.rank], dim=-1)
+        return y + F.linear(torch.tanh(step_term + gx) * vx, self.U)
+
+
+class StepModulatedLinear(nn.Module):
+    """W_eff(t) = W + U diag(g(t)) Vᵀ with g(t) = tanh(G_e step_emb(t)); `step_terms` gives W_eff per step."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int, d_step: int):
+        super().__init__()
+        self.rank = rank
+        self.weight = nn.Parameter(torch.empty(d_out, d_in))
+        self.U = nn.Parameter(torch.zeros(d_out, rank))
+        self.V = nn.Parameter(torch.zeros(d_in, rank))
+        self.g_step = nn.Linear(d_step, rank, bias=False)
+
+    @torch.no_grad()
+    def reinit_from_weight(self) -> None:
+        if self.rank:
+            u, v = svd_factors(self.weight, self.rank)
+            self.U.copy_(u)
+            self.V.copy_(v)
+
+    def step_terms(self, step_vecs: torch.Tensor) -> torch.Tensor:
+        """W_eff for every step: [S, d_step] -> [S, out, in]."""
+        if not self.rank:
+            return self.weight.expand(step_vecs.shape[0], *self.weight.shape)
+        g = torch.tanh(self.g_step(step_vecs))  # [S, r]
+        return self.weight + (self.U * g[:, None, :]) @ self.V.T
+
+    def effective_weight(self, step_vec: torch.Tensor) -> torch.Tensor:
+        return self.step_terms(step_vec[None])[0]
+
+    def forward(self, x: torch.Tensor, w_eff: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, w_eff)

@@ -1,0 +1,393 @@
+"""RecursiveCausalLM: prelude → recurrent core unrolled n steps → coda, with AdaExit and speculative heads.
+
+    e   = norm(prelude(embed(tokens)))
+    s_0 = 0  (or σ·N(0, I) when training with init noise)
+    for t in 0..n-1:
+        z   = W_adapt [s_t ; e] + step_emb(t)
+        y   = core_B(core_A(z))                      # CART-MLA + SwiGLU, Ouroboros-modulated
+        α_t = sigmoid(scale · (b + W_g step_emb(t)))  # depth gate, per channel
+        s_{t+1} = s_t + α_t ⊙ (y − s_t)
+        λ_t = sigmoid(halt(rms(stopgrad(s_{t+1}))))   # AdaExit
+    h = norm(coda(s_n));  logits = h Eᵀ (tied);  draft_k = lm_head(h + SiLU(P_k h + b_k))
+
+`forward` takes the number of steps explicitly. Truncated backprop: only the last `grad_steps` steps
+build a graph. Adaptive exit (`halt_threshold`): a token exits at the first step t + 1 >= min_steps
+with λ_t > τ; its state is frozen; rows whose tokens all exited leave the batch for the remaining
+steps, so compute really shrinks. Incremental decoding passes a `ModelCache`.
+
+Design choices (see MODEL.md): e is RMS-normed before injection; W_adapt starts as [small noise | I]
+so that step 0 sees e; W_g starts at zero (α = sigmoid(scale · b)); speculative projections start at
+zero; output projections are scaled by 1/sqrt(2 · effective depth).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from looplm.config import ModelConfig
+from looplm.model.cache import ModelCache, kv_bytes_per_token
+from looplm.model.layers import Block, RMSNorm, Rotary, rms, sinusoidal
+from looplm.model.mla import LATENT_SOURCES, CartMLA
+from looplm.model.modulation import ModulatedLinear, NormedInputModulatedLinear, StepModulatedLinear
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # [B, T, V] (or [B, 1, V] with last_only)
+    hidden: torch.Tensor | None = None  # final normed coda output [B, T, d]
+    spec_logits: torch.Tensor | None = None  # [B, T, K, V]
+    states: list[torch.Tensor] | None = None  # s_0..s_n, each [B, T, d]
+    halt_probs: torch.Tensor | None = None  # [n, B, T]
+    exit_steps: torch.Tensor | None = None  # [B, T] steps each token ran
+
+
+@dataclass
+class StepTable:
+    """Everything that depends on the step index only, for steps 0..S-1 (computed once per call)."""
+
+    vec: torch.Tensor  # step_emb(t), [S, d]
+    alpha: torch.Tensor  # depth gate, [S, d]
+    terms: dict  # modulated module -> [S, r] step term, or [S, out, in] effective weight
+
+
+class ModulatedSwiGLU(nn.Module):
+    """SwiGLU whose input projection [W_gate ; W_up] is one modulated linear (its SVD spans both)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, h, r = cfg.d_model, cfg.core_mlp_hidden, cfg.mod_rank
+        self.gate_up = NormedInputModulatedLinear(d, 2 * h, r, d)
+        self.down = ModulatedLinear(h, d, r, d)
+
+    def forward(self, x, terms, t):
+        gate, up = self.gate_up(x, terms[self.gate_up][t]).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up, terms[self.down][t])
+
+    def modulated(self):
+        return [self.gate_up, self.down]
+
+
+class CoreBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = CartMLA(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = ModulatedSwiGLU(cfg)
+
+    def forward(self, z, terms, t, lat, rope, mask):
+        z = z + self.attn(self.attn_norm(z), terms, t, lat, rope, mask)
+        return z + self.mlp(self.mlp_norm(z), terms, t)
+
+
+class StepEmbedding(nn.Module):
+    """step_emb(t) = MLP(sinusoidal(t)): defined for every t, including depths never trained."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dim = cfg.step_emb_dim
+        self.fc1 = nn.Linear(cfg.step_emb_dim, cfg.d_model)
+        self.fc2 = nn.Linear(cfg.d_model, cfg.d_model)
+
+    def forward(self, ts) -> torch.Tensor:
+        x = sinusoidal(ts, self.dim, self.fc1.weight.device).to(self.fc1.weight.dtype)
+        return self.fc2(F.silu(self.fc1(x)))  # [S, d] for a sequence of steps
+
+
+class RecurrentCore(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.cfg = cfg
+        self.adapter = nn.Linear(2 * d, d, bias=False)
+        self.step_emb = StepEmbedding(cfg)
+        self.blocks = nn.ModuleList(CoreBlock(cfg) for _ in range(cfg.n_core))
+        self.gate_bias = nn.Parameter(torch.full((d,), float(cfg.depth_gate_bias)))
+        self.gate_proj = nn.Linear(d, d, bias=False)
+        self.halt = nn.Linear(d, 1)
+
+    def modulated(self):
+        return [m for blk in self.blocks for m in blk.attn.modulated() + blk.mlp.modulated()]
+
+    def step_table(self, steps: int) -> StepTable:
+        vec = self.step_emb(range(steps))  # [S, d]
+        alpha = torch.sigmoid(self.cfg.depth_gate_scale * (self.gate_bias + self.gate_proj(vec)))
+        return StepTable(vec, alpha, {m: m.step_terms(vec) for m in self.modulated()})
+
+    def inject(self, e: torch.Tensor) -> torch.Tensor:
+        """The e-half of the adapter, W_e e: constant across steps, so computed once per call."""
+        return F.linear(e, self.adapter.weight[:, e.shape[-1]:])
+
+    def step(self, s, e_in, t, tbl: StepTable, lat_src, rope, mask, rows, exited):
+        """One recurrence step on rows `rows` (None = all): returns s_{t+1} before freezing.
+        z = W_adapt [s ; e] + step_emb(t), with the e-half W_e e precomputed (e_in = inject(e))."""
+        z = F.linear(s, self.adapter.weight[:, : s.shape[-1]]) + e_in + tbl.vec[t]
+        for b, block in enumerate(self.blocks):
+            lat = lat_src.at_step(b, t, z, rope, rows, exited)
+            z = block(z, tbl.terms, t, lat, rope, mask)
+        return s + tbl.alpha[t] * (z - s)
+
+    def halt_prob(self, s: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.halt(rms(s.detach()))).squeeze(-1)
+
+
+def _sub(x, rows):
+    return x if rows is None or x is None or isinstance(x, str) else x[rows]
+
+
+class RecursiveCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.prelude = nn.ModuleList(Block(cfg) for _ in range(cfg.n_prelude))
+        self.prelude_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.core = RecurrentCore(cfg)
+        self.coda = nn.ModuleList(Block(cfg) for _ in range(cfg.n_coda))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.embed.weight  # tied
+        self.speculative_projs = nn.ModuleList(nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+                                               for _ in range(cfg.n_spec_heads))
+        self.speculative_biases = nn.ParameterList(nn.Parameter(torch.zeros(cfg.d_model))
+                                                   for _ in range(cfg.n_spec_heads))
+        self.rope = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.rope_core = Rotary(cfg.rope_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        cfg, std = self.config, self.config.init_std
+        depth = cfg.n_prelude + cfg.n_coda + cfg.n_core * cfg.recurrence
+        out_std = std / math.sqrt(2 * depth)
+        for name, m in self.named_modules():
+            if isinstance(m, ModulatedLinear):
+                nn.init.zeros_(m.fused)
+                nn.init.normal_(m.weight, std=out_std if name.endswith(("w_o", "down")) else std)
+                m.reinit_from_weight()  # U, V from the SVD of W; G_x stays zero
+                nn.init.zeros_(m.g_step.weight)
+            elif isinstance(m, StepModulatedLinear):
+                nn.init.normal_(m.weight, std=std)
+                m.reinit_from_weight()
+                nn.init.zeros_(m.g_step.weight)
+            elif isinstance(m, nn.Linear) and m is not self.lm_head and not name.endswith("g_step"):
+                is_out = name.endswith(("wo", "down"))
+                nn.init.normal_(m.weight, std=out_std if is_out else std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+        nn.init.normal_(self.embed.weight, std=std)
+        d = cfg.d_model
+        self.core.adapter.weight.normal_(std=std)
+        self.core.adapter.weight[:, d:] = torch.eye(d)  # step 0 sees e
+        nn.init.zeros_(self.core.gate_proj.weight)
+        self.core.gate_bias.fill_(cfg.depth_gate_bias)
+        for p in self.speculative_projs:
+            nn.init.zeros_(p.weight)
+        for b in self.speculative_biases:
+            nn.init.zeros_(b)
+
+    @torch.no_grad()
+    def reinit_modulation(self) -> None:
+        """Re-initialise every Ouroboros U, V from the current core weights (after a warm-up)."""
+        for m in self.modules():
+            if isinstance(m, (ModulatedLinear, StepModulatedLinear)):
+                m.reinit_from_weight()
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids, steps: int, *, grad_steps: int | None = None, cache: ModelCache | None = None,
+                attention_mask=None, position_ids=None, return_states=False, return_halt=False,
+                return_spec=False, init_noise=False, halt_threshold: float | None = None, min_steps: int = 1,
+                last_only=False) -> ModelOutput:
+        B, T = input_ids.shape
+        pos = cache.pos if cache is not None else 0
+        self._check(T, pos, steps, cache, halt_threshold, min_steps)
+        if position_ids is None:
+            position_ids = torch.arange(pos, pos + T, device=input_ids.device).expand(B, T)
+        mask = self._mask(B, T, pos, cache, attention_mask, input_ids.device)
+        x = self.embed(input_ids)
+        rope = self.rope(position_ids, x.dtype)
+        for i, blk in enumerate(self.prelude):
+            x = blk(x, rope, mask, cache.prelude[i] if cache else None, pos)
+        e = self.prelude_norm(x)
+        s, states, halts, exit_steps = self.run_core(e, steps, self.rope_core(position_ids, x.dtype), mask, cache,
+                                                      pos, grad_steps, return_states, return_halt or halt_threshold
+                                                      is not None, init_noise, halt_threshold, min_steps)
+        x = s
+        for i, blk in enumerate(self.coda):
+            x = blk(x, rope, mask, cache.coda[i] if cache else None, pos)
+        if cache is not None:
+            cache.pos = pos + T
+        h = self.norm(x[:, -1:] if last_only else x)
+        return ModelOutput(logits=self.lm_head(h), hidden=h, spec_logits=self.spec_logits(h) if return_spec else None,
+                           states=states, halt_probs=halts if return_halt else None, exit_steps=exit_steps)
+
+    def spec_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Draft logits of the speculative heads for normed hidden states h [..., d] -> [..., K, V]."""
+        drafts = [self.lm_head(h + F.silu(p(h) + b)) for p, b in zip(self.speculative_projs, self.speculative_biases)]
+        return torch.stack(drafts, dim=-2)
+
+    def run_core(self, e, steps, rope, mask, cache, pos, grad_steps, return_states, want_halt, init_noise,
+                 halt_threshold, min_steps):
+        B, T, d = e.shape
+        core = self.core
+        lat_src = LATENT_SOURCES[self.config.core_kv]([blk.attn for blk in core.blocks], e, rope, cache, pos)
+        s = torch.zeros_like(e)
+        if init_noise and self.config.state_init_std > 0:
+            s = s + self.config.state_init_std * torch.randn_like(e)
+        tbl = self._step_table(steps)
+        e_in = core.inject(e)
+        k = steps if grad_steps is None else max(0, min(grad_steps, steps))
+        states = [s] if return_states else None
+        halts = []
+        adaptive = halt_threshold is not None
+        exited = torch.zeros(B, T, dtype=torch.bool, device=e.device) if adaptive else None
+        exit_steps = torch.full((B, T), steps, dtype=torch.long, device=e.device)
+        rows = None
+        for t in range(steps):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and t >= steps - k):
+                if t == steps - k and t > 0:
+                    s = s.detach()
+                s_in, ex = _sub(s, rows), _sub(exited, rows)
+                rope_rows = tuple(_sub(r, rows) for r in rope)
+                s_new = core.step(s_in, _sub(e_in, rows), t, tbl, lat_src, rope_rows, _sub(mask, rows), rows, ex)
+                lam = None
+                if want_halt:
+                    lam = core.halt_prob(s_new)
+                if adaptive:
+                    s_new = torch.where(ex.unsqueeze(-1), s_in, s_new)
+                    newly = (~ex) & (lam > halt_threshold) if t + 1 >= min_steps else torch.zeros_like(ex)
+                    if rows is None:
+                        exited = exited | newly
+                        exit_steps = torch.where(newly, t + 1, exit_steps)
+                    else:
+                        exited = exited.index_copy(0, rows, ex | newly)
+                        exit_steps = exit_steps.index_copy(0, rows, torch.where(newly, t + 1, exit_steps[rows]))
+                s = s_new if rows is None else s.index_copy(0, rows, s_new)
+                if want_halt:
+                    full = lam if rows is None else torch.ones(B, T, dtype=lam.dtype, device=lam.device).index_copy(0, rows, lam)
+                    halts.append(full)
+                if return_states:
+                    states.append(s)
+                if adaptive:
+                    if bool(exited.all()):
+                        break
+                    live = (~exited).any(dim=1).nonzero().squeeze(1)
+                    rows = None if live.numel() == B else live
+        lat_src.finish(exit_steps)
+        halt_probs = torch.stack(halts) if halts else None
+        return s, states, halt_probs, (exit_steps if adaptive else None)
+
+    # ------------------------------------------------------------------ helpers
+    def _step_table(self, steps: int) -> StepTable:
+        """The step table; without autograd it is cached until a core parameter changes (in place or not)."""
+        if torch.is_grad_enabled():
+            return self.core.step_table(steps)
+        key = (steps,) + tuple((p.data_ptr(), p._version, p.dtype) for p in self.core.parameters())
+        cached = getattr(self, "_table_cache", None)
+        if cached is None or cached[0] != key:
+            self._table_cache = (key, self.core.step_table(steps))
+        return self._table_cache[1]
+
+    def _check(self, T, pos, steps, cache, halt_threshold, min_steps):
+        cfg = self.config
+        if not isinstance(steps, int) or not 1 <= steps <= cfg.max_steps:
+            raise ValueError(f"steps={steps!r} must be an integer in [1, max_steps={cfg.max_steps}]")
+        if pos + T > cfg.max_seq_len:
+            raise ValueError(f"sequence of {pos + T} tokens exceeds the model context max_seq_len={cfg.max_seq_len}")
+        if cache is not None and pos + T > cache.max_len:
+            raise ValueError(f"{pos + T} tokens exceed the cache length {cache.max_len}")
+        if cache is not None and cfg.core_kv == "per_step" and steps > cache.n_steps:
+            raise ValueError(f"steps={steps} exceed the per-step cache's n_steps={cache.n_steps}")
+        if halt_threshold is not None and not 0.0 < halt_threshold <= 1.0:
+            raise ValueError(f"halt_threshold={halt_threshold} must be in (0, 1]")
+        if min_steps < 1:
+            raise ValueError(f"min_steps={min_steps} must be >= 1")
+
+    def _mask(self, B, T, pos, cache, attention_mask, device):
+        """None: causal over the T tokens (no cache, no padding); "none": one token, unpadded cache;
+        else a bool [B, 1, T, pos + T] mask of visible keys (causal, no pads, a token always sees itself)."""
+        if cache is not None:
+            new_valid = torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None \
+                else attention_mask.to(torch.bool)
+            cache.valid[:, pos:pos + T] = new_valid
+            cache.has_padding = cache.has_padding or not bool(new_valid.all())
+            if not cache.has_padding:
+                if T == 1:
+                    return "none"
+                if pos == 0:
+                    return None
+            valid = cache.valid[:, :pos + T]
+        else:
+            if attention_mask is None or bool(attention_mask.all()):
+                return None
+            valid = attention_mask.to(torch.bool)
+        L = pos + T
+        qpos = torch.arange(pos, L, device=device)[:, None]
+        kpos = torch.arange(L, device=device)[None, :]
+        causal = kpos <= qpos  # [T, L]
+        mask = causal[None] & valid[:, None, :]  # [B, T, L]
+        mask = mask | (kpos == qpos)[None]
+        return mask.unsqueeze(1)
+
+    # ------------------------------------------------------------------ accounting
+    def new_cache(self, batch: int, max_len: int, n_steps: int | None = None) -> ModelCache:
+        p = self.embed.weight
+        return ModelCache.allocate(self.config, batch, max_len, n_steps or self.config.max_steps, p.device, p.dtype)
+
+    def param_counts(self, steps: int | None = None) -> dict[str, int]:
+        return param_counts(self, steps)
+
+    def flops_per_token(self, steps: int, seq_len: int | None = None, training: bool = False) -> int:
+        return flops_per_token(self.config, steps, seq_len, training)
+
+    def kv_cache_bytes_per_token(self, steps: int, bytes_per_elem: int = 4) -> dict[str, int]:
+        return kv_bytes_per_token(self.config, steps, bytes_per_elem)
+
+
+def _is_per_step(name: str, core_kv: str) -> bool:
+    if not name.startswith("core."):
+        return False
+    once = (".attn.kv_norm.", ".attn.w_dkv.", ".attn.w_kr.")
+    return not (core_kv == "anchored" and any(o in name for o in once))
+
+
+def param_counts(model: nn.Module, steps: int | None = None) -> dict[str, int]:
+    """physical (unique), per_step (applied once per recurrence step) and virtual(R) = physical + (R-1)·per_step."""
+    cfg = model.config
+    R = cfg.recurrence if steps is None else steps
+    physical = sum(p.numel() for p in model.parameters())
+    per_step = sum(p.numel() for n, p in model.named_parameters() if _is_per_step(n, cfg.core_kv))
+    return {"physical": physical, "per_step": per_step, "virtual": physical + (R - 1) * per_step, "recurrence": R}
+
+
+def flops_per_token(cfg: ModelConfig, steps: int, seq_len: int | None = None, training: bool = False) -> int:
+    """Matmul FLOPs per token (2 per multiply-add) of a forward pass at `steps` steps with average causal
+    context (seq_len + 1) / 2; training = 3x forward (full backprop). Excludes the speculative heads."""
+    L = cfg.max_seq_len if seq_len is None else seq_len
+    ctx = (L + 1) / 2
+    d, H, hd, r = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.mod_rank
+    gqa = d * H * hd * 2 + d * cfg.n_kv_heads * hd * 2 + 3 * d * cfg.mlp_hidden
+    gqa_attn = 2 * H * hd * ctx  # QK and AV, multiply-adds
+    outer = (cfg.n_prelude + cfg.n_coda) * (gqa + gqa_attn) + d * cfg.vocab_size
+
+    def mod(i, o):  # modulated linear: one matmul for [W ; Vᵀ ; G_x], one for U
+        return i * o + (i * r + o * r + i * r if r else 0)
+
+    lat, dr = cfg.kv_latent_dim, cfg.rope_dim
+    kv_proj = d * (lat + dr)
+    block = (mod(d, H * (hd + dr)) + H * hd * lat * 2 + mod(H * hd, d)
+             + mod(d, 2 * cfg.core_mlp_hidden) + mod(cfg.core_mlp_hidden, d)
+             + H * (lat + dr) * ctx + H * lat * ctx)
+    per_step = cfg.n_core * block + d * d  # + the s-half of the adapter (the e-half runs once)
+    per_step += cfg.n_core * kv_proj if cfg.core_kv == "per_step" else 0
+    once = d * d + (cfg.n_core * kv_proj if cfg.core_kv == "anchored" else 0)
+    fwd = 2 * (outer + once + steps * per_step)
+    return int(fwd * (3 if training else 1))

@@ -1,0 +1,60 @@
+"""Orca-Math word problems: hub `microsoft/orca-math-word-problems-200k` or a local file.
+
+Rows are `{"question", "answer"}`; the answers are free-text solutions without a `#### N` line.
+
+    prompt = question, answer = the solution text,
+    gold   = the last number in the solution (thousands commas removed), "" when it has none
+
+`source`: `"hub"` -> `datasets.load_dataset("microsoft/orca-math-word-problems-200k",
+split=split)`; otherwise a local `.json` (array or JSONL), `.jsonl` or `.parquet` file
+(`"local:PATH"` or a bare path); malformed rows are errors naming the file and line/row.
+
+Scoring: `extract_answer` takes the first `#### N` if there is one, else the last number in the
+text; `score` = it equals the gold as an exact number (`base.numbers_equal`); examples whose gold
+is "" score 0. Simplification: "last number in the solution" is a heuristic for Orca's prose
+answers (a final fraction written in LaTeX, say, yields its denominator); it is used for pretraining
+text and a rough check, not for headline evaluation.
+"""
+
+from __future__ import annotations
+
+import re
+
+from looplm.tasks.base import (Example, extract_hash_answer, hub_rows, load_hub, numbers_equal,
+                               parse_source, read_records)
+
+TASK = "orca_math"
+HUB_NAME = "microsoft/orca-math-word-problems-200k"
+REQUIRED = ("question", "answer")
+_NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: str) -> str | None:
+    """The last number written in `text` (commas removed, a trailing comma dropped), or None."""
+    found = _NUMBER_RE.findall(text)
+    return found[-1].rstrip(",").replace(",", "") if found else None
+
+
+def load(source: str, split: str = "train", limit: int | None = None) -> list[Example]:
+    """Orca-Math examples from the hub or a local file (see the module docstring)."""
+    kind, path = parse_source(source)
+    if kind == "hub":
+        label = f"{HUB_NAME}[{split}]"
+        rows = hub_rows(load_hub(HUB_NAME, None, split=split, task=TASK), REQUIRED, label)
+        wheres = [f"{label} row {i}" for i in range(len(rows))]
+    else:
+        rows = read_records(path, REQUIRED)
+        wheres = [f"{path}: row {i}" for i in range(len(rows))]
+    examples = [Example(prompt=r["question"], answer=r["answer"], gold=last_number(r["answer"]) or "",
+                        task=TASK, meta={"source": w}) for r, w in zip(rows, wheres)]
+    return examples if limit is None else examples[:limit]
+
+
+def extract_answer(text: str) -> str | None:
+    """The first `#### N` if present, else the last number in the text."""
+    return extract_hash_answer(text) or last_number(text)
+
+
+def score(completion: str, example: Example) -> dict[str, float]:
+    """`score` = the extracted answer equals the gold as an exact number."""
+    return {"score": float(numbers_equal(extract_answer(completion), example.gold))}

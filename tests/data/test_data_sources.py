@@ -1,0 +1,66 @@
+"""Document sources: spec parsing, paragraph reading, local row formats, seeds, generated splits."""
+
+from __future__ import annotations
+
+import json
+from itertools import islice
+
+import pytest
+
+from looplm.data.jsonl import DataFormatError
+from looplm.data.sources import (derive_seed, generated_docs, local_docs, paragraphs, parse_source,
+                                 resolve_sources)
+from looplm.tasks.base import DataSourceError, in_split
+
+
+def test_parse_and_resolve(tmp_path):
+    f = tmp_path / "x.txt"
+    f.write_text("hello\n")
+    assert parse_source("text", f"local:{f}").path == f
+    assert parse_source("clrs", "hub").kind == "hub"
+    with pytest.raises(DataSourceError, match="unknown domain"):
+        parse_source("code", "hub")
+    with pytest.raises(DataSourceError, match="no such file"):
+        parse_source("text", f"local:{tmp_path / 'missing'}")
+    srcs = resolve_sources(["clrs", "math"], {})
+    assert {d: s.spec for d, s in srcs.items()} == {"clrs": "generated", "math": "generated"}
+    assert resolve_sources(["clrs"], {"clrs": "hub"})["clrs"].kind == "hub"
+
+
+def test_paragraphs_wikitext_layout():
+    lines = [" = Title = \r\n", " First para .\r\n", " = = Sub = = \r\n", " Second para .\r\n", "\r\n", " Third .\r\n"]
+    assert list(paragraphs(iter(lines))) == [" = Title = \n First para .", " = = Sub = = \n Second para .", " Third ."]
+
+
+def test_local_formats(tmp_path):
+    j = tmp_path / "a.jsonl"
+    j.write_text(json.dumps({"question": "dfs:\nA\n", "answer": "[0]\n\n"}) + "\n" + json.dumps({"text": "plain"}) + "\n")
+    assert list(local_docs(j)) == ["dfs:\nA\n[0]\n\n", "plain"]
+    q = tmp_path / "b.json"
+    q.write_text(json.dumps([{"question": "Q?", "answer": "A"}]))
+    assert list(local_docs(q)) == ["Q?\nA"]
+    bad = tmp_path / "c.jsonl"
+    bad.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(DataFormatError, match=r"c\.jsonl:2: a row needs"):
+        list(local_docs(bad))
+
+
+def test_shared_clrs_file_reads_as_official_documents(shared_data):
+    path = shared_data / "clrs_text" / "dfs_train_like_seed0.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} absent")
+    docs = list(local_docs(path))
+    assert len(docs) == 200 and all(d.startswith("dfs:\nA: [[") and d.endswith("]\n\n") for d in docs)
+
+
+def test_seeds_and_generated_splits():
+    assert derive_seed(0, "clrs", "train") != derive_seed(0, "clrs", "val")
+    assert derive_seed(0, "clrs", "train") == derive_seed(0, "clrs", "train")
+    train = list(islice(generated_docs("clrs", 1, "train"), 30))
+    val = list(islice(generated_docs("clrs", 2, "eval"), 30))
+    assert all(in_split(d.split("trace | pi:\n")[0] + "trace | pi:\n", "train") for d in train)
+    assert not set(train) & set(val)
+    math = list(islice(generated_docs("math", 0, "train"), 4))
+    assert math[0].startswith("What is") and "####" in math[1] and not math[1].startswith("What is")
+    wide = list(islice(generated_docs("clrs", 0, "train", clrs_nodes=(7,)), 3))
+    assert all(d.count("], [") >= 6 for d in wide)

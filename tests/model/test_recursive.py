@@ -1,0 +1,302 @@
+"""RecursiveCausalLM against a naive explicit unroll, causality, truncation, adaptive exit, counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from looplm.config import ConfigError, get_preset
+from looplm.model import RecursiveCausalLM, kv_bytes_per_token
+from looplm.model.layers import sinusoidal
+from looplm.model.modulation import NormedInputModulatedLinear
+
+MODES = ["anchored", "per_step"]
+
+
+def make(mode="anchored", seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = get_preset("tiny", core_kv=mode, vocab_size=256, max_seq_len=64, **kw)
+    m = RecursiveCausalLM(cfg).double()
+    # move modulation and gates off their zero init so the test exercises every term
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if any(k in n for k in ("g_step", "gate_proj", "speculative", "halt")):
+                p.normal_(std=0.05)
+        for mod in m.core.modulated():
+            if hasattr(mod, "G_x"):
+                mod.G_x.normal_(std=0.05)
+    return m.eval()
+
+
+# ---------------------------------------------------------------- naive reference, straight from MODEL.md
+def naive_rope(x, pos, theta):
+    # x [T, dim] at integer positions pos [T]
+    dim = x.shape[-1]
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    ang = pos[:, None].double() * inv[None]
+    x1, x2 = x[:, : dim // 2], x[:, dim // 2:]
+    return torch.cat([x1 * ang.cos() - x2 * ang.sin(), x1 * ang.sin() + x2 * ang.cos()], -1)
+
+
+def rmsn(x, w, eps):
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * (w if w is not None else 1.0)
+
+
+def naive_lin(mod, x, se):
+    """W_eff(t, x) x = W x + U diag(g) V^T x, g = tanh(G_e se + G_x norm(x)) written out per token;
+    norm(x) = x for the projections whose input comes straight out of an RMSNorm (w_q, gate_up)."""
+    out = []
+    normed_input = isinstance(mod, NormedInputModulatedLinear)
+    for xi in x:
+        g = torch.tanh(mod.g_step.weight @ se + mod.G_x @ (xi if normed_input else rmsn(xi, None, 1e-5)))
+        W = mod.weight + mod.U @ torch.diag(g) @ mod.V.T
+        out.append(W @ xi)
+    return torch.stack(out)
+
+
+def naive_gqa(blk, x, cfg, pos):
+    T = x.shape[0]
+    h = rmsn(x, blk.attn_norm.weight, cfg.norm_eps)
+    a = blk.attn
+    H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    wq, wk, wv = a.wqkv.weight.split([H * hd, Hkv * hd, Hkv * hd])
+    q = (h @ wq.T).view(T, H, hd)
+    k = (h @ wk.T).view(T, Hkv, hd)
+    v = (h @ wv.T).view(T, Hkv, hd)
+    rep = cfg.n_heads // cfg.n_kv_heads
+    heads = []
+    for hh in range(cfg.n_heads):
+        qh = naive_rope(q[:, hh], pos, cfg.rope_theta)
+        kh = naive_rope(k[:, hh // rep], pos, cfg.rope_theta)
+        sc = qh @ kh.T / math.sqrt(cfg.head_dim)
+        sc = sc.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+        heads.append(sc.softmax(-1) @ v[:, hh // rep])
+    x = x + torch.cat(heads, -1) @ a.wo.weight.T
+    h = rmsn(x, blk.mlp_norm.weight, cfg.norm_eps)
+    wg, wu = blk.mlp.gate_up.weight.chunk(2)
+    return x + (F.silu(h @ wg.T) * (h @ wu.T)) @ blk.mlp.down.weight.T
+
+
+def naive_core_block(blk, z, kv_src, se, cfg, pos):
+    """Non-absorbed CART-MLA: explicit per-head keys k = [W_UK(t) c ; k^R] and values W_UV(t) c."""
+    T, H, dn, dr = z.shape[0], cfg.n_heads, cfg.head_dim, cfg.rope_dim
+    a = blk.attn
+    hkv = rmsn(kv_src, a.kv_norm.weight, cfg.norm_eps)
+    c = hkv @ a.w_dkv.weight.T  # [T, lat]
+    kr = naive_rope(hkv @ a.w_kr.weight.T, pos, cfg.rope_theta)  # [T, dr]
+    Wuk = a.w_uk.weight + a.w_uk.U @ torch.diag(torch.tanh(a.w_uk.g_step.weight @ se)) @ a.w_uk.V.T
+    Wuv = a.w_uv.weight + a.w_uv.U @ torch.diag(torch.tanh(a.w_uv.g_step.weight @ se)) @ a.w_uv.V.T
+    k_nope = (c @ Wuk.T).view(T, H, dn)
+    v = (c @ Wuv.T).view(T, H, dn)
+    h = rmsn(z, blk.attn_norm.weight, cfg.norm_eps)
+    q = naive_lin(a.w_q, h, se).view(T, H, dn + dr)
+    heads = []
+    for hh in range(H):
+        qn, qr = q[:, hh, :dn], naive_rope(q[:, hh, dn:], pos, cfg.rope_theta)
+        key = torch.cat([k_nope[:, hh], kr], -1)
+        sc = torch.cat([qn, qr], -1) @ key.T / math.sqrt(dn + dr)
+        sc = sc.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+        heads.append(sc.softmax(-1) @ v[:, hh])
+    z = z + naive_lin(a.w_o, torch.cat(heads, -1), se)
+    h = rmsn(z, blk.mlp_norm.weight, cfg.norm_eps)
+    gate, up = naive_lin(blk.mlp.gate_up, h, se).chunk(2, dim=-1)
+    return z + naive_lin(blk.mlp.down, F.silu(gate) * up, se)
+
+
+def naive_forward(m, ids, n):
+    cfg = m.config
+    pos = torch.arange(ids.shape[0])
+    x = m.embed.weight[ids]
+    for blk in m.prelude:
+        x = naive_gqa(blk, x, cfg, pos)
+    e = rmsn(x, m.prelude_norm.weight, cfg.norm_eps)
+    s = torch.zeros_like(e)
+    core = m.core
+    for t in range(n):
+        enc = sinusoidal(t, cfg.step_emb_dim).double()
+        se = core.step_emb.fc2.weight @ F.silu(core.step_emb.fc1.weight @ enc + core.step_emb.fc1.bias) + core.step_emb.fc2.bias
+        z = torch.cat([s, e], -1) @ core.adapter.weight.T + se
+        for blk in core.blocks:
+            src = e if cfg.core_kv == "anchored" else z
+            z = naive_core_block(blk, z, src, se, cfg, pos)
+        alpha = torch.sigmoid(cfg.depth_gate_scale * (core.gate_bias + core.gate_proj.weight @ se))
+        s = s + alpha * (z - s)
+    x = s
+    for blk in m.coda:
+        x = naive_gqa(blk, x, cfg, pos)
+    return rmsn(x, m.norm.weight, cfg.norm_eps) @ m.embed.weight.T
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n", [1, 3])
+def test_forward_equals_naive_unroll(mode, n):
+    m = make(mode)
+    ids = torch.randint(0, 256, (1, 9))
+    with torch.no_grad():
+        got = m(ids, n).logits[0]
+    ref = naive_forward(m, ids[0], n)
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_causality(mode):
+    m = make(mode)
+    ids = torch.randint(0, 256, (2, 12))
+    j = 7
+    ids2 = ids.clone()
+    ids2[:, j] = (ids2[:, j] + 1) % 256
+    with torch.no_grad():
+        a, b = m(ids, 4), m(ids2, 4)
+        ah, bh = m(ids, 4, halt_threshold=0.5), m(ids2, 4, halt_threshold=0.5)
+    assert torch.equal(a.logits[:, :j], b.logits[:, :j])
+    assert not torch.allclose(a.logits[:, j:], b.logits[:, j:])
+    assert torch.equal(ah.logits[:, :j], bh.logits[:, :j])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_chunked_cache_equals_full_forward(mode):
+    m = make(mode)
+    ids = torch.randint(0, 256, (2, 15))
+    with torch.no_grad():
+        full = m(ids, 3).logits
+        cache = m.new_cache(2, 20, 3)
+        parts = [m(ids[:, a:b], 3, cache=cache).logits for a, b in [(0, 6), (6, 7), (7, 15)]]
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_truncated_backprop_zero_gradient_before_window():
+    m = make()
+    m.train()
+    ids = torch.randint(0, 256, (2, 8))
+    out = m(ids, 6, grad_steps=2, return_states=True)
+    for s in out.states:
+        if s.requires_grad:
+            s.retain_grad()
+    out.logits.sum().backward()
+    assert [s.requires_grad for s in out.states] == [False] * 5 + [True, True]  # s_5, s_6 come from grad steps
+    assert out.states[5].grad.abs().sum() > 0
+
+
+def test_adaptive_never_firing_equals_fixed_depth():
+    m = make()
+    ids = torch.randint(0, 256, (3, 10))
+    with torch.no_grad():
+        fixed = m(ids, 5).logits
+        ada = m(ids, 5, halt_threshold=1.0)  # sigmoid < 1: never fires
+    assert torch.equal(ada.logits, fixed)
+    assert bool((ada.exit_steps == 5).all())
+
+
+def _mixed_halt(m):
+    # a halt head whose decisions vary across tokens and steps
+    with torch.no_grad():
+        m.core.halt.weight.normal_(std=3.0)
+        m.core.halt.bias.fill_(0.0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_adaptive_exit_freezes_state(mode):
+    m = make(mode)
+    _mixed_halt(m)
+    ids = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        out = m(ids, 8, halt_threshold=0.6, min_steps=2, return_states=True)
+    ex = out.exit_steps
+    assert ex.min() >= 2 and len(set(ex.flatten().tolist())) > 1, "test needs mixed exits"
+    final = out.states[-1]
+    for b in range(2):
+        for t in range(16):
+            k = int(ex[b, t])
+            torch.testing.assert_close(out.states[k][b, t], final[b, t], rtol=0, atol=0)
+
+
+def test_anchored_adaptive_batch_equals_each_alone():
+    m = make("anchored")
+    _mixed_halt(m)
+    ids = torch.randint(0, 256, (4, 11))
+    with torch.no_grad():
+        batch = m(ids, 8, halt_threshold=0.6, min_steps=1)
+        for i in range(4):
+            one = m(ids[i:i + 1], 8, halt_threshold=0.6, min_steps=1)
+            torch.testing.assert_close(one.logits[0], batch.logits[i], rtol=1e-10, atol=1e-10)
+            assert torch.equal(one.exit_steps[0], batch.exit_steps[i])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_adaptive_cached_equals_uncached(mode):
+    m = make(mode)
+    _mixed_halt(m)
+    ids = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        full = m(ids, 6, halt_threshold=0.6)
+        cache = m.new_cache(2, 12, 6)
+        parts = [m(ids[:, t:t + 1], 6, cache=cache, halt_threshold=0.6) for t in range(12)]
+    torch.testing.assert_close(torch.cat([p.logits for p in parts], 1), full.logits, rtol=1e-9, atol=1e-9)
+    assert torch.equal(torch.cat([p.exit_steps for p in parts], 1), full.exit_steps)
+
+
+def test_outputs_and_shapes():
+    m = make()
+    ids = torch.randint(0, 256, (2, 5))
+    with torch.no_grad():
+        out = m(ids, 3, return_states=True, return_halt=True, return_spec=True)
+    K, V = m.config.n_spec_heads, m.config.vocab_size
+    assert out.logits.shape == (2, 5, V) and out.spec_logits.shape == (2, 5, K, V)
+    assert len(out.states) == 4 and out.halt_probs.shape == (3, 2, 5)
+    assert bool(((out.halt_probs > 0) & (out.halt_probs < 1)).all())
+
+
+def test_steps_beyond_training_depth_are_defined():
+    m = make()
+    ids = torch.randint(0, 256, (1, 4))
+    with torch.no_grad():
+        out = m(ids, 32)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_bad_arguments_are_clear_errors():
+    m = make()
+    ids = torch.randint(0, 256, (1, 4))
+    with pytest.raises(ValueError, match="steps"):
+        m(ids, 0)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        m(torch.zeros(1, 65, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match="halt_threshold"):
+        m(ids, 2, halt_threshold=1.5)
+
+
+def test_config_validation_names_field():
+    with pytest.raises(ConfigError, match="n_kv_heads"):
+        get_preset("tiny", n_kv_heads=3)
+    with pytest.raises(ConfigError, match="core_kv.*anchored"):
+        get_preset("tiny", core_kv="bogus")
+    with pytest.raises(ConfigError, match="tiny, small, report-200m"):
+        get_preset("huge")
+
+
+def test_report_200m_parameter_counts_match_report():
+    with torch.device("meta"):
+        m = RecursiveCausalLM(get_preset("report-200m"))
+    c = m.param_counts(8)
+    assert abs(c["physical"] / 124.13e6 - 1) < 0.01, c
+    assert abs(c["virtual"] / 176.29e6 - 1) < 0.01, c
+
+
+def test_preset_sizes():
+    tiny = RecursiveCausalLM(get_preset("tiny")).param_counts()["physical"]
+    assert 1e6 <= tiny <= 3e6
+    with torch.device("meta"):
+        small = RecursiveCausalLM(get_preset("small")).param_counts()["physical"]
+    assert 10e6 <= small <= 20e6
+
+
+def test_anchored_core_kv_bytes_do_not_grow_with_steps():
+    cfg = get_preset("tiny")
+    assert kv_bytes_per_token(cfg, 8)["core"] == kv_bytes_per_token(cfg, 32)["core"]
+    per = cfg.replace(core_kv="per_step")
+    assert kv_bytes_per_token(per, 32)["core"] == 4 * kv_bytes_per_token(per, 8)["core"]
+    m = RecursiveCausalLM(cfg)
+    assert m.new_cache(1, 64, 8).nbytes() == m.new_cache(1, 64, 32).nbytes()

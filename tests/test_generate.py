@@ -1,0 +1,143 @@
+"""Generation: cached = uncached, batches = singles, adaptive, speculative = greedy, sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from looplm.config import get_preset
+from looplm.generate import GenerationConfig, generate, sample
+from looplm.model import RecursiveCausalLM
+
+MODES = ["anchored", "per_step"]
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [1, 2, 3, 4, 5, 6, 7, 8, 9], [42]]
+
+
+def make(mode="anchored", seed=0, mixed_halt=False):
+    torch.manual_seed(seed)
+    m = RecursiveCausalLM(get_preset("tiny", core_kv=mode, vocab_size=256, max_seq_len=96)).double()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if any(k in n for k in ("g_step", "gate_proj")):
+                p.normal_(std=0.05)
+        for mod in m.core.modulated():
+            if hasattr(mod, "G_x"):
+                mod.G_x.normal_(std=0.05)
+        if mixed_halt:
+            m.core.halt.weight.normal_(std=3.0)
+            m.core.halt.bias.fill_(0.0)
+    return m.eval()
+
+
+def trained(mode="anchored"):
+    """A model given a few optimizer steps (all parameters, speculative heads included)."""
+    m = make(mode).float()
+    m.train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    seq = torch.tensor([[3, 4, 5, 6, 7, 3, 4, 5, 6, 7, 3, 4, 5, 6, 7, 3, 4, 5, 6, 7]])
+    for _ in range(40):
+        out = m(seq, 2, return_spec=True)
+        loss = torch.nn.functional.cross_entropy(out.logits[0, :-1], seq[0, 1:])
+        for k in range(m.config.n_spec_heads):
+            loss = loss + torch.nn.functional.cross_entropy(out.spec_logits[0, : -2 - k, k], seq[0, 2 + k:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return m.double().eval()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cached_equals_uncached_batched_with_padding(mode):
+    m = make(mode)
+    cfg = GenerationConfig(max_new_tokens=16, steps=3)
+    a = generate(m, PROMPTS, cfg)
+    b = generate(m, PROMPTS, GenerationConfig(max_new_tokens=16, steps=3, use_cache=False))
+    assert a.tokens == b.tokens
+    assert all(len(t) == 16 for t in a.tokens)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_batch_equals_each_prompt_alone(mode):
+    m = make(mode)
+    cfg = GenerationConfig(max_new_tokens=12, steps=3)
+    batch = generate(m, PROMPTS, cfg)
+    assert batch.tokens == [generate(m, [p], cfg).tokens[0] for p in PROMPTS]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_adaptive_exit_cached_uncached_and_alone(mode):
+    m = make(mode, mixed_halt=True)
+    cfg = GenerationConfig(max_new_tokens=12, steps=8, halt_threshold=0.6, min_steps=2)
+    a = generate(m, PROMPTS, cfg)
+    b = generate(m, PROMPTS, GenerationConfig(**{**cfg.__dict__, "use_cache": False}))
+    assert a.tokens == b.tokens and a.exit_steps == b.exit_steps
+    flat = [s for row in a.exit_steps for s in row]
+    assert min(flat) >= 2 and len(set(flat)) > 1
+    if mode == "anchored":
+        assert a.tokens == [generate(m, [p], cfg).tokens[0] for p in PROMPTS]
+
+
+def test_adaptive_never_firing_equals_fixed_depth():
+    m = make()
+    fixed = generate(m, PROMPTS, GenerationConfig(max_new_tokens=10, steps=4))
+    never = generate(m, PROMPTS, GenerationConfig(max_new_tokens=10, steps=4, halt_threshold=1.0))
+    assert fixed.tokens == never.tokens
+    assert all(s == 4 for row in never.exit_steps for s in row)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("train", [False, True])
+def test_speculative_equals_greedy(mode, train):
+    m = trained(mode) if train else make(mode)
+    cfg = GenerationConfig(max_new_tokens=24, steps=2)
+    plain = generate(m, PROMPTS, cfg)
+    spec = generate(m, PROMPTS, GenerationConfig(max_new_tokens=24, steps=2, speculative=True))
+    assert spec.tokens == plain.tokens
+    for row, acc in zip(spec.tokens, spec.accept_counts):
+        assert sum(acc) == len(row) and all(1 <= a <= m.config.n_spec_heads + 1 for a in acc)
+    if train:  # trained heads on a periodic sequence: drafts get accepted
+        assert max(a for acc in spec.accept_counts for a in acc) > 1
+
+
+def test_speculative_with_adaptive_exit_equals_adaptive_greedy():
+    m = make(mixed_halt=True)
+    cfg = dict(max_new_tokens=20, steps=6, halt_threshold=0.6, min_steps=1)
+    plain = generate(m, PROMPTS, GenerationConfig(**cfg))
+    spec = generate(m, PROMPTS, GenerationConfig(**cfg, speculative=True))
+    assert spec.tokens == plain.tokens and spec.exit_steps == plain.exit_steps
+
+
+def test_stop_tokens_end_rows():
+    m = make()
+    free = generate(m, PROMPTS, GenerationConfig(max_new_tokens=10, steps=2))
+    stop = free.tokens[0][3]
+    out = generate(m, PROMPTS, GenerationConfig(max_new_tokens=10, steps=2, stop_tokens=(stop,)))
+    first = free.tokens[0].index(stop)
+    assert out.tokens[0] == free.tokens[0][: first + 1] and out.finished[0]
+    spec = generate(m, PROMPTS, GenerationConfig(max_new_tokens=10, steps=2, stop_tokens=(stop,), speculative=True))
+    assert spec.tokens == out.tokens
+
+
+def test_sampling_is_seeded_and_filters():
+    m = make()
+    cfg = GenerationConfig(max_new_tokens=8, steps=2, temperature=1.0, top_k=20, top_p=0.9, seed=3)
+    assert generate(m, PROMPTS, cfg).tokens == generate(m, PROMPTS, cfg).tokens
+    logits = torch.tensor([[0.0, 1.0, 2.0, 10.0]])
+    assert sample(logits, 0.0, 0, 1.0, None).item() == 3
+    g = torch.Generator().manual_seed(0)
+    assert all(sample(logits, 5.0, 1, 1.0, g).item() == 3 for _ in range(20))  # top-1 keeps the max
+    probs = torch.tensor([[0.6, 0.3, 0.1]]).log()
+    seen = {sample(probs, 1.0, 0, 0.5, g).item() for _ in range(50)}  # top-p 0.5 keeps only 0.6
+    assert seen == {0}
+
+
+def test_bad_generation_input_is_clear():
+    m = make()
+    with pytest.raises(ValueError, match="max_seq_len"):
+        generate(m, [[1] * 90], GenerationConfig(max_new_tokens=10))
+    with pytest.raises(ValueError, match="greedy"):
+        generate(m, [[1]], GenerationConfig(speculative=True, temperature=0.7))
+    with pytest.raises(ValueError, match="empty"):
+        generate(m, [[]], GenerationConfig())
+    with pytest.raises(ValueError, match="halt_threshold"):
+        generate(m, [[1]], GenerationConfig(halt_threshold=0.0))
