@@ -113,7 +113,8 @@ def _add_pretrain_mix(sub: argparse._SubParsersAction) -> None:
         "pretrain-mix", help="tokenised, packed pre-training shards mixed by token share",
         description="Tokenise documents from each domain, interleave them by token share (any prefix is a fair "
                     "mixture), pack them into uint16/uint32 shards and write manifest.json. Sources: clrs and "
-                    "math default to generated data; text must be given. A failed hub load is an error.")
+                    "math default to generated data; text must be given (a file, hub, or generated "
+                    "synthetic English on request). A failed hub load is an error.")
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="directory holding tokenizer.json")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (new or empty)")
     p.add_argument("--tokens", required=True, type=parse_count, metavar="N", help="train tokens (e.g. 60M)")
@@ -121,7 +122,8 @@ def _add_pretrain_mix(sub: argparse._SubParsersAction) -> None:
                    help="token shares per domain (clrs, math, text), summing to 1 (default: %(default)s)")
     p.add_argument("--source", action="append", metavar="DOMAIN=SPEC",
                    help="SPEC is hub, generated or local:PATH (repeatable). Defaults: clrs=generated, "
-                        "math=generated; text has no default (e.g. text=local:../shared/data/wikitext2/wiki.test.raw)")
+                        "math=generated; text has no default (e.g. text=local:../shared/data/wikitext2/wiki.test.raw, "
+                        "or text=generated for synthetic English paragraphs, recorded in the manifest)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated documents (default: 0)")
     p.add_argument("--val-tokens", type=parse_count, default=50_000, metavar="N",
                    help="validation tokens per domain, disjoint from train (default: 50000)")
@@ -139,14 +141,16 @@ def _add_sft(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sft", help="chat SFT set {prompt, response, domain} with a manifest",
         description="Build an SFT JSONL from three domains: logic (generated verbal DFS), math (--math-source, "
-                    "chosen explicitly) and chat (Alpaca format). Sizes LOGIC,MATH,CHAT default to "
+                    "chosen explicitly) and chat (Alpaca format: --alpaca PATH|hub|generated). Sizes LOGIC,MATH,CHAT default to "
                     "10000,1000,10000 (three-domain) or 1000,333,333 (math-heavy); a size of 0 needs no source.")
     p.add_argument("--recipe", required=True, choices=tuple(RECIPES))
     p.add_argument("--out", required=True, metavar="FILE.jsonl")
     p.add_argument("--sizes", metavar="L,M,C", help="rows per domain LOGIC,MATH,CHAT (overrides the recipe)")
     p.add_argument("--math-source", choices=tuple(MATH_SOURCES), help="required when the math size is > 0")
     p.add_argument("--gsm8k", metavar="PATH|hub", help="GSM8K file/directory or hub (for --math-source gsm8k)")
-    p.add_argument("--alpaca", metavar="PATH|hub", help="Alpaca-format JSON/JSONL or hub (chat domain)")
+    p.add_argument("--alpaca", metavar="PATH|hub|generated",
+                   help="chat domain: Alpaca-format JSON/JSONL, hub (yahma/alpaca-cleaned), or generated "
+                        "(synthetic English instructions, task synth_chat; recorded in the manifest)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--replay", type=float, default=0.0, metavar="F",
                    help="share F of the final set made of CLRS-Text DFS records, domain 'replay' (default: 0)")

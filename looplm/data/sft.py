@@ -6,7 +6,9 @@ Recipes (sizes LOGIC, MATH, CHAT): `three-domain` = 10,000 / 1,000 / 10,000 and 
 - math: exactly the source asked for (`math_source`): `gsm8k` (train split from `gsm8k_source`, a
   local file/directory or `hub`), `word-problems` or `arith` (generated, "train" split). No default:
   the report's silent swap of GSM8K for arithmetic cannot happen here;
-- chat: Alpaca-format rows from `alpaca_source` (local file or `hub`);
+- chat: Alpaca-format rows from `alpaca_source`: a local file, `hub`, or `generated` (synthetic
+  English instructions from the `synth_chat` task, "train" split; only when asked for; a local file
+  literally named `generated` is passed as `local:generated`). No default;
 - replay (optional, share `replay` of the final set): CLRS-Text DFS question/answer records in the
   pre-training format, `domain = "replay"` (trainers may skip the chat template for them).
 A domain of size 0 needs no source. Loaded rows are shuffled with the seed and the first N taken;
@@ -150,7 +152,12 @@ def math_rows(cfg: SFTConfig, n: int) -> tuple[list[Example], dict[str, Any]]:
 def chat_rows(cfg: SFTConfig, n: int) -> tuple[list[Example], dict[str, Any]]:
     if not cfg.alpaca_source:
         raise DataBuildError("the chat domain needs --alpaca PATH (e.g. ../shared/data/alpaca/"
-                             "alpaca_en_demo.json) or --alpaca hub; or set its size to 0 in --sizes")
+                             "alpaca_en_demo.json), --alpaca hub or --alpaca generated (synthetic "
+                             "English instructions); or set its size to 0 in --sizes")
+    if cfg.alpaca_source == "generated":
+        exs = get_task("synth_chat").generate(n, seed=derive_seed(cfg.seed, "sft", "chat"), split="train")
+        check_generated_split(exs, "chat (synth_chat)")
+        return exs, {"kind": "generated", "task": "synth_chat", "split": "train"}
     pool = _load_task("alpaca", cfg.alpaca_source, "train", "--alpaca", "")
     exs = sample_loaded(pool, n, derive_seed(cfg.seed, "sft", "chat"), f"alpaca ({cfg.alpaca_source})")
     return exs, {"kind": "loaded", "task": "alpaca", "source": cfg.alpaca_source, "available": len(pool)}

@@ -2,11 +2,14 @@
 
 Domains and what each source kind means:
 
-| domain | generated (default where allowed) | hub (`datasets.load_dataset`) | local:PATH |
+| domain | generated | hub (`datasets.load_dataset`) | local:PATH |
 |---|---|---|---|
-| clrs | CLRS-Text DFS, official format, n from `clrs_nodes` (default 4,5) | smcleish/CLRS-Text-train | rows with question+answer |
-| math | arithmetic and word problems, alternating | microsoft/orca-math-word-problems-200k | rows with question+answer |
-| text | (none: must be given) | Salesforce/wikitext, wikitext-103-raw-v1 | text file or rows with text |
+| clrs | (default) CLRS-Text DFS, official format, n from `clrs_nodes` (default 4,5) | smcleish/CLRS-Text-train | rows with question+answer |
+| math | (default) arithmetic and word problems, alternating | microsoft/orca-math-word-problems-200k | rows with question+answer |
+| text | synthetic English paragraphs (`synth_chat.iter_paragraphs`), only when asked for | Salesforce/wikitext, wikitext-103-raw-v1 | text file or rows with text |
+
+`text` has no default: it must be given, and `--source text=generated` is an explicit choice of
+synthetic English (small vocabulary; for offline runs, not a stand-in for WikiText quality).
 
 A document is `question + answer` (joined by a newline unless the question already ends with one,
 which is the CLRS-Text layout) or a row's `text`. Local files: `.jsonl` (streamed), `.json` (an
@@ -39,7 +42,8 @@ HUB_DATASETS: dict[str, tuple[str, str | None, str]] = {  # name, config, split
     "math": ("microsoft/orca-math-word-problems-200k", None, "train"),
     "text": ("Salesforce/wikitext", "wikitext-103-raw-v1", "train"),
 }
-GENERATORS: dict[str, tuple[str, ...]] = {"clrs": ("clrs_dfs",), "math": ("arith", "word_problems")}
+GENERATORS: dict[str, tuple[str, ...]] = {"clrs": ("clrs_dfs",), "math": ("arith", "word_problems"),
+                                          "text": ("synth_chat",)}  # text: its paragraphs
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,10 @@ def resolve_sources(domains: list[str], given: dict[str, str]) -> dict[str, Sour
     for d in domains:
         spec = given.get(d, DEFAULT_SOURCES.get(d))
         if spec is None:
+            gen = f", or --source {d}=generated (synthetic English)" if d in GENERATORS else ""
             raise DataSourceError(f"domain {d!r} needs an explicit source: --source {d}=local:PATH "
                                   f"(e.g. ../shared/data/wikitext2/wiki.test.raw) or --source {d}=hub "
-                                  f"({HUB_DATASETS[d][0]})")
+                                  f"({HUB_DATASETS[d][0]}){gen}")
         out[d] = parse_source(d, spec)
     return out
 
@@ -121,6 +126,8 @@ def generated_docs(domain: str, seed: int, split: str, clrs_nodes: tuple[int, ..
             for s in streams:
                 ex = next(s)
                 yield join_qa(ex.prompt, ex.answer)
+    elif domain == "text":
+        yield from get_task("synth_chat").iter_paragraphs(seed, split=split)
     else:
         raise DataSourceError(f"domain {domain!r} has no generator")
 
@@ -208,6 +215,8 @@ def describe(src: Source, clrs_nodes: tuple[int, ...]) -> dict[str, Any]:
         out["generators"] = list(GENERATORS[src.domain])
         if src.domain == "clrs":
             out["node_counts"] = list(clrs_nodes)
+        if src.domain == "text":
+            out["unit"] = "paragraph (synthetic English)"
     elif src.kind == "hub":
         name, config, split = HUB_DATASETS[src.domain]
         out.update(dataset=name, config=config, split=split)

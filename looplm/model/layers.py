@@ -37,24 +37,31 @@ def rms(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 class Rotary(nn.Module):
-    """cos/sin tables for rotary embeddings of one width; `forward(pos)` gathers them for [B, T] positions."""
+    """Rotary embeddings of one width as unit complex numbers e^{i·p·θ_k}; `forward(pos)` gathers them
+    for [B, T] positions. Pairs are adjacent features (x[2k], x[2k+1]), rotated by angle p·θ_k."""
 
     def __init__(self, dim: int, max_len: int, theta: float):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
         angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # [L, dim/2]
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("freqs", torch.polar(torch.ones_like(angles), angles), persistent=False)  # complex128
 
-    def forward(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        # pos [B, T] -> cos, sin [B, 1, T, dim/2] (broadcast over heads)
-        return self.cos[pos].unsqueeze(1).to(dtype), self.sin[pos].unsqueeze(1).to(dtype)
+    def forward(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor]:
+        # pos [B, T] -> (freqs [B, 1, T, dim/2],) broadcast over heads; complex128 only for float64 models
+        f = self.freqs[pos].unsqueeze(1)
+        return (f if dtype == torch.float64 else f.to(torch.complex64),)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (first half, second half) of the last dim of x [B, H, T, dim]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of the last dim of x [..., T, dim] by complex multiplication (eager: fewest
+    dispatched ops); under torch.compile the same rotation in real arithmetic, which inductor fuses."""
+    if torch.compiler.is_compiling():
+        x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+        cos, sin = freqs.real.to(x.dtype), freqs.imag.to(x.dtype)
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()  # no complex bf16
+    out = torch.view_as_real(torch.view_as_complex(xf.unflatten(-1, (-1, 2))) * freqs).flatten(-2)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 class SwiGLU(nn.Module):
@@ -89,8 +96,8 @@ class GQAttention(nn.Module):
     def forward(self, x, rope, mask, kv=None, pos: int = 0):
         B, T, _ = x.shape
         qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv, self.hd).transpose(1, 2)  # [B, H+2Hkv, T, hd]
-        q, k, v = qkv.split([self.n_heads, self.n_kv, self.n_kv], dim=1)  # [B, H, T, hd], [B, Hkv, T, hd] x2
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qk, v = qkv.split([self.n_heads + self.n_kv, self.n_kv], dim=1)
+        q, k = apply_rope(qk, *rope).split([self.n_heads, self.n_kv], dim=1)  # [B, H, T, hd], [B, Hkv, T, hd]
         if kv is not None:  # write into the layer's cache buffers, then read everything so far
             kbuf, vbuf = kv
             kbuf[:, :, pos:pos + T] = k

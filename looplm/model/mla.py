@@ -55,8 +55,14 @@ class CartMLA(nn.Module):
         w_uk = terms[self.w_uk][t].view(self.H, self.dn, self.lat)
         q_lat = q_nope @ w_uk  # [B, H, T, dn] @ [H, dn, lat] -> [B, H, T, lat]
         query = torch.cat([q_lat, apply_rope(q_rope, *rope)], dim=-1)  # [B, H, T, lat + dr]
-        key, value = lat.unsqueeze(1), lat[..., : self.lat].unsqueeze(1)  # [B, 1, L, *]: one shared KV head
-        o = attend(query, key, value, mask, scale=self.scale)  # [B, H, T, lat]
+        if T == 1 and mask is not None:  # decoding one token per row: MQA as two bmm's (fewer ops than SDPA)
+            scores = torch.bmm(query.reshape(B, self.H, -1), lat.transpose(1, 2)) * self.scale  # [B, H, L]
+            if not isinstance(mask, str):
+                scores = scores.masked_fill(~mask.view(B, 1, -1), float("-inf"))  # mask [B, 1, 1, L]
+            o = torch.bmm(scores.softmax(-1), lat[..., : self.lat]).view(B, self.H, T, self.lat)
+        else:
+            key, value = lat.unsqueeze(1), lat[..., : self.lat].unsqueeze(1)  # [B, 1, L, *]: one shared KV head
+            o = attend(query, key, value, mask, scale=self.scale)  # [B, H, T, lat]
         w_uv_t = terms[self.w_uv][t].view(self.H, self.dn, self.lat).transpose(1, 2)  # [H, lat, dn]
         o = (o @ w_uv_t).transpose(1, 2).reshape(B, T, self.H * self.dn)  # [B, H, T, dn] -> [B, T, H*dn]
         return self.w_o(o, terms[self.w_o][t])

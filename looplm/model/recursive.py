@@ -50,9 +50,9 @@ class ModelOutput:
 class StepTable:
     """Everything that depends on the step index only, for steps 0..S-1 (computed once per call)."""
 
-    vec: torch.Tensor  # step_emb(t), [S, d]
-    alpha: torch.Tensor  # depth gate, [S, d]
-    terms: dict  # modulated module -> [S, r] step term, or [S, out, in] effective weight
+    vec: list[torch.Tensor]  # step_emb(t), S x [d]
+    alpha: list[torch.Tensor]  # depth gate, S x [d]
+    terms: dict  # modulated module -> S x [r] step terms, or S x [out, in] effective weights
 
 
 class ModulatedSwiGLU(nn.Module):
@@ -117,7 +117,7 @@ class RecurrentCore(nn.Module):
     def step_table(self, steps: int) -> StepTable:
         vec = self.step_emb(range(steps))  # [S, d]
         alpha = torch.sigmoid(self.cfg.depth_gate_scale * (self.gate_bias + self.gate_proj(vec)))
-        return StepTable(vec, alpha, {m: m.step_terms(vec) for m in self.modulated()})
+        return StepTable(vec.unbind(0), alpha.unbind(0), {m: m.step_terms(vec).unbind(0) for m in self.modulated()})
 
     def inject(self, e: torch.Tensor) -> torch.Tensor:
         """The e-half of the adapter, W_e e: constant across steps, so computed once per call."""

@@ -1,6 +1,7 @@
 """Task registry: `TASKS: dict[str, module]` keyed by task name, and `get_task(name)`.
 
-Tasks (one module each): generated `clrs_dfs`, `dfs_verbal`, `arith`, `word_problems` expose
+Tasks (one module each): generated `clrs_dfs`, `dfs_verbal`, `arith`, `word_problems`, `synth_chat`
+(Alpaca-style English instructions; also `iter_paragraphs` for generated pre-training text) expose
 `generate(n, seed, **opts) -> list[Example]` and `iter_examples(seed, **opts)`; loaded `gsm8k`,
 `alpaca`, `text`, `orca_math` expose `load(source, split=..., **opts) -> list[Example]` with
 `source` = `"hub"` or a local path (`"local:PATH"` or a bare path). Every task exposes
@@ -17,12 +18,13 @@ import importlib
 from types import ModuleType
 
 TASK_NAMES: tuple[str, ...] = (
-    "clrs_dfs", "dfs_verbal", "arith", "word_problems", "gsm8k", "alpaca", "text", "orca_math",
+    "clrs_dfs", "dfs_verbal", "arith", "word_problems", "gsm8k", "alpaca", "text", "orca_math", "synth_chat",
 )
-GENERATED_TASKS: tuple[str, ...] = ("clrs_dfs", "dfs_verbal", "arith", "word_problems")
+GENERATED_TASKS: tuple[str, ...] = ("clrs_dfs", "dfs_verbal", "arith", "word_problems", "synth_chat")
 LOADED_TASKS: tuple[str, ...] = ("gsm8k", "alpaca", "text", "orca_math")
 ALIASES: dict[str, str] = {"clrs-dfs": "clrs_dfs", "dfs-verbal": "dfs_verbal",
-                           "word-problems": "word_problems", "orca-math": "orca_math"}
+                           "word-problems": "word_problems", "orca-math": "orca_math",
+                           "synth-chat": "synth_chat"}
 
 
 def get_task(name: str) -> ModuleType:

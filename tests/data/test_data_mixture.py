@@ -131,10 +131,10 @@ def test_failed_hub_load_is_clear_and_does_not_fall_back(tmp_path, tok_dir, text
 
 
 def test_source_rules(tmp_path, tok_dir, text_file):
-    with pytest.raises(DataSourceError, match="text.*needs an explicit source"):
+    with pytest.raises(DataSourceError, match="text.*needs an explicit source.*--source text=generated"):
         build(tmp_path, tok_dir, text_file, sources={})
-    with pytest.raises(DataSourceError, match="has no generator"):
-        build(tmp_path, tok_dir, text_file, sources={"text": "generated"})
+    with pytest.raises(DataSourceError, match="text.*needs an explicit source"):  # generated others: still
+        build(tmp_path, tok_dir, text_file, sources={"clrs": "generated", "math": "generated"})
     with pytest.raises(DataSourceError, match="expected hub, generated or local:PATH"):
         build(tmp_path, tok_dir, text_file, sources={"text": "wikitext"})
     with pytest.raises(DataSourceError, match="not in --mix"):
@@ -144,6 +144,26 @@ def test_source_rules(tmp_path, tok_dir, text_file):
     with pytest.raises(DataBuildError, match="DOMAIN=SHARE"):
         parse_mix("clrs")
     assert parse_mix("clrs=0.5,math=0.5") == {"clrs": 0.5, "math": 0.5}
+
+
+def test_all_domains_generated_on_request(tmp_path, tok_dir):
+    m = build(tmp_path, tok_dir, None, "gen", tokens=30_000, val_tokens=2_000,
+              sources={"clrs": "generated", "math": "generated", "text": "generated"})
+    for d, share in {"clrs": 0.5, "math": 0.33, "text": 0.17}.items():
+        assert m["domains"][d]["generated"] is True and m["domains"][d]["source"]["kind"] == "generated"
+        assert abs(m["achieved_shares"][d] - share) <= 0.01
+    assert m["domains"]["text"]["source"]["generators"] == ["synth_chat"]
+    disk = json.loads((tmp_path / "gen" / "manifest.json").read_text())
+    assert disk["domains"]["text"]["generated"] and disk["domains"]["text"]["source"]["spec"] == "generated"
+    data = PretrainData.open(tmp_path / "gen", verify=True)
+    tok = Tokenizer.load(tok_dir)
+    val_text = tok.decode(np.asarray(data.val["text"]).tolist())
+    assert " lived " in val_text and "dfs:" not in val_text and "####" not in val_text
+    train_docs = set(split_docs(np.asarray(data.train[0]), data.eos_id)[:-1])
+    assert not train_docs & set(split_docs(np.asarray(data.val["text"]), data.eos_id))
+    again = build(tmp_path, tok_dir, None, "gen2", tokens=30_000, val_tokens=2_000,
+                  sources={"clrs": "generated", "math": "generated", "text": "generated"})
+    assert [s["sha256"] for s in again["train"]["shards"]] == [s["sha256"] for s in m["train"]["shards"]]
 
 
 def test_out_dir_protection(tmp_path, tok_dir, text_file):

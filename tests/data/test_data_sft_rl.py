@@ -70,6 +70,23 @@ def test_sft_sources_must_be_explicit(tmp_path, alpaca_file):
         sft(tmp_path, sizes=(0, 0, 0))
 
 
+def test_sft_generated_chat_on_request(tmp_path):
+    m = sft(tmp_path, sizes=(10, 10, 40), math_source="word-problems", alpaca_source="generated")
+    rows = read_jsonl(tmp_path / "sft.jsonl", required=("prompt", "response", "domain"))
+    chat = [r for r in rows if r["domain"] == "chat"]
+    assert len(chat) == 40 == m["counts"]["chat"]
+    assert m["sources"]["chat"] == {"kind": "generated", "task": "synth_chat", "split": "train"}
+    disk = json.loads(manifest_path(tmp_path / "sft.jsonl").read_text())
+    assert disk["sources"]["chat"]["kind"] == "generated" and disk["sources"]["logic"]["kind"] == "generated"
+    from looplm.data.sources import derive_seed
+    from looplm.tasks import synth_chat
+    expected = synth_chat.generate(40, seed=derive_seed(0, "sft", "chat"), split="train")
+    assert sorted((r["prompt"], r["response"]) for r in chat) == sorted((e.prompt, e.answer) for e in expected)
+    assert all(in_split(r["prompt"], "train") for r in chat) and len({r["prompt"] for r in chat}) > 30
+    again = sft(tmp_path, "again.jsonl", sizes=(10, 10, 40), math_source="word-problems", alpaca_source="generated")
+    assert again["sha256"] == m["sha256"]
+
+
 def test_sft_gsm8k_hub_failure_does_not_fall_back(tmp_path, alpaca_file, monkeypatch):
     import datasets
 
@@ -134,7 +151,7 @@ def test_rl_errors(tmp_path, gsm8k_dir, monkeypatch):
 def test_cli(tmp_path, tok_dir, text_file, capsys):
     from looplm.cli import main
 
-    for sub, flag in (("pretrain-mix", "--tokens"), ("sft", "--math-source"), ("rl", "--task")):
+    for sub, flag in (("pretrain-mix", "text=generated"), ("sft", "PATH|hub|generated"), ("rl", "--task")):
         assert main(["data", sub, "--help"]) == 0
         assert flag in capsys.readouterr().out
     assert main(["data", "rl", "--task", "arith", "--n", "5", "--out", str(tmp_path / "r.jsonl")]) == 0
@@ -143,6 +160,13 @@ def test_cli(tmp_path, tok_dir, text_file, capsys):
                  "--tokens", "20k", "--val-tokens", "2k", "--source", f"text=local:{text_file}"]) == 0
     out = capsys.readouterr().out
     assert '"tokens": 20000' in out
+    assert main(["data", "pretrain-mix", "--tokenizer", str(tok_dir), "--out", str(tmp_path / "g"),
+                 "--tokens", "20k", "--val-tokens", "1k", "--source", "text=generated"]) == 0
+    assert json.loads((tmp_path / "g" / "manifest.json").read_text())["domains"]["text"]["generated"] is True
+    assert main(["data", "sft", "--recipe", "math-heavy", "--sizes", "2,2,6", "--math-source", "arith",
+                 "--alpaca", "generated", "--out", str(tmp_path / "c.jsonl")]) == 0
+    assert json.loads(manifest_path(tmp_path / "c.jsonl").read_text())["sources"]["chat"]["task"] == "synth_chat"
+    capsys.readouterr()
     assert main(["data", "sft", "--recipe", "math-heavy", "--sizes", "4,4,0", "--out", str(tmp_path / "t.jsonl")]) == 2
     assert "--math-source" in capsys.readouterr().err
 

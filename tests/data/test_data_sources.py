@@ -53,6 +53,19 @@ def test_shared_clrs_file_reads_as_official_documents(shared_data):
     assert len(docs) == 200 and all(d.startswith("dfs:\nA: [[") and d.endswith("]\n\n") for d in docs)
 
 
+def test_generated_text_is_explicit_english_with_disjoint_splits():
+    with pytest.raises(DataSourceError, match="needs an explicit source.*--source text=generated"):
+        resolve_sources(["clrs", "text"], {})
+    src = resolve_sources(["text"], {"text": "generated"})["text"]
+    assert src.kind == "generated" and not src.finite
+    train = list(islice(generated_docs("text", 1, "train"), 200))
+    val = list(islice(generated_docs("text", 2, "eval"), 50))
+    assert train == list(islice(generated_docs("text", 1, "train"), 200))
+    assert all(in_split(d, "train") for d in train) and all(in_split(d, "eval") for d in val)
+    assert not set(train) & set(val)
+    assert all(d.endswith(".") and d.count(". ") >= 2 for d in train)
+
+
 def test_seeds_and_generated_splits():
     assert derive_seed(0, "clrs", "train") != derive_seed(0, "clrs", "val")
     assert derive_seed(0, "clrs", "train") == derive_seed(0, "clrs", "train")

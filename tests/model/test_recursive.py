@@ -33,12 +33,15 @@ def make(mode="anchored", seed=0, **kw):
 
 # ---------------------------------------------------------------- naive reference, straight from MODEL.md
 def naive_rope(x, pos, theta):
-    # x [T, dim] at integer positions pos [T]
+    # x [T, dim] at integer positions pos [T]; pair k = (x[2k], x[2k+1]) rotated by pos * theta^(-2k/dim)
     dim = x.shape[-1]
     inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
     ang = pos[:, None].double() * inv[None]
-    x1, x2 = x[:, : dim // 2], x[:, dim // 2:]
-    return torch.cat([x1 * ang.cos() - x2 * ang.sin(), x1 * ang.sin() + x2 * ang.cos()], -1)
+    x1, x2 = x[:, 0::2], x[:, 1::2]
+    out = torch.empty_like(x)
+    out[:, 0::2] = x1 * ang.cos() - x2 * ang.sin()
+    out[:, 1::2] = x1 * ang.sin() + x2 * ang.cos()
+    return out
 
 
 def rmsn(x, w, eps):

@@ -145,7 +145,7 @@ def test_format_number():
 
 def test_registry_exposes_the_common_api():
     assert set(tasks.TASKS) == {"clrs_dfs", "dfs_verbal", "arith", "word_problems", "gsm8k", "alpaca",
-                                "text", "orca_math"}
+                                "text", "orca_math", "synth_chat"}
     for name, mod in tasks.TASKS.items():
         assert callable(mod.extract_answer) and callable(mod.score), name
         if name in tasks.GENERATED_TASKS:
