@@ -23,12 +23,20 @@ from collections.abc import Iterable, Sequence
 from looplm import __version__
 
 COMMANDS: dict[str, str] = {
+    "reproduce": "looplm.reproduce",
     "info": "looplm.commands.info",
     "init": "looplm.commands.init",
     "generate": "looplm.commands.generate_cmd",
+    "chat": "looplm.commands.chat",
     "data": "looplm.data.cli",
+    "pretrain": "looplm.train.pretrain",
+    "sft": "looplm.train.sft",
+    "plot": "looplm.plot",
     "calibrate-halt": "looplm.calibrate.halt_cmd",
     "train-spec": "looplm.calibrate.spec_cmd",
+    "audit": "looplm.audit.cli",
+    "grpo": "looplm.train.grpo_config",
+    "eval": "looplm.evaluate.cli",
 }
 
 USER_ERROR_NAMES = ("CheckpointError", "DataSourceError", "ConfigError")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -123,7 +124,9 @@ def _left_pad(prompts, pad_id, device):
 
 
 @torch.inference_mode()  # like no_grad, with less per-op bookkeeping (decoding is dispatch-bound)
-def generate(model: RecursiveCausalLM, prompts: list[list[int]], cfg: GenerationConfig) -> GenerationOutput:
+def generate(model: RecursiveCausalLM, prompts: list[list[int]], cfg: GenerationConfig,
+             on_tokens: Callable[[int, list[int]], None] | None = None) -> GenerationOutput:
+    """Decode every prompt; `on_tokens(row, new_ids)` (optional) is called as tokens are accepted (streaming)."""
     cfg.validate(model)
     _check_prompts(model, prompts, cfg)
     was_training = model.training
@@ -131,13 +134,13 @@ def generate(model: RecursiveCausalLM, prompts: list[list[int]], cfg: Generation
     t0 = time.perf_counter()
     try:
         if cfg.speculative:
-            outs = [_speculative_one(model, p, cfg) for p in prompts]
+            outs = [_speculative_one(model, p, cfg, _row(on_tokens, i)) for i, p in enumerate(prompts)]
             out = GenerationOutput(tokens=[o.tokens[0] for o in outs], exit_steps=[o.exit_steps[0] for o in outs],
                                    accept_counts=[o.accept_counts[0] for o in outs],
                                    finished=[o.finished[0] for o in outs],
                                    forward_passes=sum(o.forward_passes for o in outs))
         else:
-            out = _decode(model, prompts, cfg)
+            out = _decode(model, prompts, cfg, on_tokens)
     finally:
         model.train(was_training)
     out.seconds = time.perf_counter() - t0
@@ -148,13 +151,22 @@ def _forward(model, ids, cfg, steps, **kw):
     return model(ids, steps, halt_threshold=cfg.halt_threshold, min_steps=cfg.min_steps, **kw)
 
 
+def _with_table(model, steps: int) -> dict:
+    """The step table, computed once per generate call (the weights cannot change during it)."""
+    return {"step_table": model.core.step_table(steps)}
+
+
 def _exit_of(out, steps, col=-1) -> torch.Tensor:
     if out.exit_steps is None:
         return torch.full((out.logits.shape[0],), steps, dtype=torch.long)
     return out.exit_steps[:, col]
 
 
-def _decode(model, prompts, cfg) -> GenerationOutput:
+def _row(on_tokens, i):
+    return None if on_tokens is None else (lambda row, ids: on_tokens(i, ids))
+
+
+def _decode(model, prompts, cfg, on_tokens=None) -> GenerationOutput:
     device = model.embed.weight.device
     steps = cfg.steps or model.config.recurrence
     B = len(prompts)
@@ -165,11 +177,13 @@ def _decode(model, prompts, cfg) -> GenerationOutput:
     exits: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     passes = 0
+    tbl = _with_table(model, steps)
     if cfg.use_cache:
         cache = model.new_cache(B, ids.shape[1] + cfg.max_new_tokens, steps)
-        out = _forward(model, ids, cfg, steps, cache=cache, attention_mask=mask, position_ids=pos, last_only=True)
+        out = _forward(model, ids, cfg, steps, cache=cache, attention_mask=mask, position_ids=pos, last_only=True,
+                       **tbl)
     else:
-        out = _forward(model, ids, cfg, steps, attention_mask=mask, position_ids=pos)
+        out = _forward(model, ids, cfg, steps, attention_mask=mask, position_ids=pos, **tbl)
     passes += 1
     for step in range(cfg.max_new_tokens):
         nxt = sample(out.logits[:, -1], cfg.temperature, cfg.top_k, cfg.top_p, gen)  # [B]
@@ -178,31 +192,34 @@ def _decode(model, prompts, cfg) -> GenerationOutput:
             if not done[i]:
                 tokens[i].append(int(nxt[i]))
                 exits[i].append(int(ex[i]))
+                if on_tokens is not None:
+                    on_tokens(i, [int(nxt[i])])
         done = done | torch.isin(nxt, stops)
         if bool(done.all()) or step == cfg.max_new_tokens - 1:
             break
         nxt = torch.where(done, torch.full_like(nxt, cfg.pad_id), nxt)[:, None]  # [B, 1]
         pos = pos[:, -1:] + 1
         if cfg.use_cache:
-            out = _forward(model, nxt, cfg, steps, cache=cache, position_ids=pos)
+            out = _forward(model, nxt, cfg, steps, cache=cache, position_ids=pos, **tbl)
         else:
             ids = torch.cat([ids, nxt], dim=1)
             mask = torch.cat([mask, torch.ones_like(nxt, dtype=torch.bool)], dim=1)
             full_pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            out = _forward(model, ids, cfg, steps, attention_mask=mask, position_ids=full_pos)
+            out = _forward(model, ids, cfg, steps, attention_mask=mask, position_ids=full_pos, **tbl)
         passes += 1
     finished = [bool(t) and t[-1] in set(cfg.stop_tokens) for t in tokens]
     return GenerationOutput(tokens=tokens, exit_steps=exits, finished=finished, forward_passes=passes)
 
 
-def _speculative_one(model, prompt, cfg) -> GenerationOutput:
+def _speculative_one(model, prompt, cfg, on_tokens=None) -> GenerationOutput:
     device = model.embed.weight.device
     steps = cfg.steps or model.config.recurrence
     K = model.config.n_spec_heads
     stop_set = set(cfg.stop_tokens)
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     cache = model.new_cache(1, len(prompt) + cfg.max_new_tokens + K + 1, steps)
-    out = _forward(model, ids, cfg, steps, cache=cache, last_only=True)
+    tbl = _with_table(model, steps)
+    out = _forward(model, ids, cfg, steps, cache=cache, last_only=True, **tbl)
     passes = 1
     nxt, nxt_exit = int(out.logits[0, -1].argmax()), int(_exit_of(out, steps)[0])
     drafts = model.spec_logits(out.hidden[0, -1]).argmax(-1).tolist()  # [K]
@@ -210,13 +227,15 @@ def _speculative_one(model, prompt, cfg) -> GenerationOutput:
     while len(tokens) < cfg.max_new_tokens:
         tokens.append(nxt)
         exits.append(nxt_exit)
+        if on_tokens is not None:
+            on_tokens(0, [nxt])
         if nxt in stop_set or len(tokens) >= cfg.max_new_tokens:
             accepts.append(1)
             break
         n_draft = min(K, cfg.max_new_tokens - len(tokens))
         cand = [nxt] + drafts[:n_draft]
         start = cache.pos
-        out = _forward(model, torch.tensor([cand], device=device), cfg, steps, cache=cache)
+        out = _forward(model, torch.tensor([cand], device=device), cfg, steps, cache=cache, **tbl)
         passes += 1
         preds = out.logits[0].argmax(-1).tolist()  # preds[i]: the model's token after cand[i]
         ex = _exit_of(out, steps, col=slice(None))[0].tolist() if out.exit_steps is not None else [steps] * len(cand)
@@ -225,6 +244,8 @@ def _speculative_one(model, prompt, cfg) -> GenerationOutput:
         while j < n_draft and cand[j + 1] == preds[j]:
             tokens.append(cand[j + 1])
             exits.append(ex[j])
+            if on_tokens is not None:
+                on_tokens(0, [cand[j + 1]])
             j += 1
             if cand[j] in stop_set or len(tokens) >= cfg.max_new_tokens:
                 stopped = True

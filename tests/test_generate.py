@@ -141,3 +141,12 @@ def test_bad_generation_input_is_clear():
         generate(m, [[]], GenerationConfig())
     with pytest.raises(ValueError, match="halt_threshold"):
         generate(m, [[1]], GenerationConfig(halt_threshold=0.0))
+
+
+def test_streaming_callback_sees_every_token_in_order():
+    m = make()
+    for spec in (False, True):
+        seen: dict[int, list[int]] = {}
+        out = generate(m, PROMPTS, GenerationConfig(max_new_tokens=9, steps=2, speculative=spec),
+                       on_tokens=lambda row, ids: seen.setdefault(row, []).extend(ids))
+        assert [seen[i] for i in range(len(PROMPTS))] == out.tokens

@@ -44,12 +44,13 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
         angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # [L, dim/2]
-        self.register_buffer("freqs", torch.polar(torch.ones_like(angles), angles), persistent=False)  # complex128
+        # a real buffer (module.to(dtype) would cast a complex one to real); made complex per call
+        self.register_buffer("angles", angles, persistent=False)
 
     def forward(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor]:
         # pos [B, T] -> (freqs [B, 1, T, dim/2],) broadcast over heads; complex128 only for float64 models
-        f = self.freqs[pos].unsqueeze(1)
-        return (f if dtype == torch.float64 else f.to(torch.complex64),)
+        a = self.angles[pos].unsqueeze(1).to(torch.float64 if dtype == torch.float64 else torch.float32)
+        return (torch.polar(torch.ones_like(a), a),)
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:

@@ -205,7 +205,9 @@ class RecursiveCausalLM(nn.Module):
     def forward(self, input_ids, steps: int, *, grad_steps: int | None = None, cache: ModelCache | None = None,
                 attention_mask=None, position_ids=None, return_states=False, return_halt=False,
                 return_spec=False, init_noise=False, halt_threshold: float | None = None, min_steps: int = 1,
-                last_only=False) -> ModelOutput:
+                last_only=False, step_table: StepTable | None = None) -> ModelOutput:
+        """Run `steps` recurrence steps. `step_table` (from `core.step_table(n >= steps)`) may be passed by a
+        caller that runs many forwards with unchanged weights (decoding); by default it is computed here."""
         B, T = input_ids.shape
         pos = cache.pos if cache is not None else 0
         self._check(T, pos, steps, cache, halt_threshold, min_steps)
@@ -219,7 +221,7 @@ class RecursiveCausalLM(nn.Module):
         e = self.prelude_norm(x)
         s, states, halts, exit_steps = self.run_core(e, steps, self.rope_core(position_ids, x.dtype), mask, cache,
                                                       pos, grad_steps, return_states, return_halt or halt_threshold
-                                                      is not None, init_noise, halt_threshold, min_steps)
+                                                      is not None, init_noise, halt_threshold, min_steps, step_table)
         x = s
         for i, blk in enumerate(self.coda):
             x = blk(x, rope, mask, cache.coda[i] if cache else None, pos)
@@ -235,14 +237,16 @@ class RecursiveCausalLM(nn.Module):
         return torch.stack(drafts, dim=-2)
 
     def run_core(self, e, steps, rope, mask, cache, pos, grad_steps, return_states, want_halt, init_noise,
-                 halt_threshold, min_steps):
+                 halt_threshold, min_steps, step_table=None):
         B, T, d = e.shape
         core = self.core
         lat_src = LATENT_SOURCES[self.config.core_kv]([blk.attn for blk in core.blocks], e, rope, cache, pos)
         s = torch.zeros_like(e)
         if init_noise and self.config.state_init_std > 0:
             s = s + self.config.state_init_std * torch.randn_like(e)
-        tbl = self._step_table(steps)
+        tbl = step_table if step_table is not None else core.step_table(steps)
+        if len(tbl.vec) < steps:
+            raise ValueError(f"step_table covers {len(tbl.vec)} steps, fewer than steps={steps}")
         e_in = core.inject(e)
         k = steps if grad_steps is None else max(0, min(grad_steps, steps))
         states = [s] if return_states else None
@@ -286,16 +290,6 @@ class RecursiveCausalLM(nn.Module):
         return s, states, halt_probs, (exit_steps if adaptive else None)
 
     # ------------------------------------------------------------------ helpers
-    def _step_table(self, steps: int) -> StepTable:
-        """The step table; without autograd it is cached until a core parameter changes (in place or not)."""
-        if torch.is_grad_enabled():
-            return self.core.step_table(steps)
-        key = (steps,) + tuple((p.data_ptr(), p._version, p.dtype) for p in self.core.parameters())
-        cached = getattr(self, "_table_cache", None)
-        if cached is None or cached[0] != key:
-            self._table_cache = (key, self.core.step_table(steps))
-        return self._table_cache[1]
-
     def _check(self, T, pos, steps, cache, halt_threshold, min_steps):
         cfg = self.config
         if not isinstance(steps, int) or not 1 <= steps <= cfg.max_steps:

@@ -303,3 +303,20 @@ def test_anchored_core_kv_bytes_do_not_grow_with_steps():
     assert kv_bytes_per_token(per, 32)["core"] == 4 * kv_bytes_per_token(per, 8)["core"]
     m = RecursiveCausalLM(cfg)
     assert m.new_cache(1, 64, 8).nbytes() == m.new_cache(1, 64, 32).nbytes()
+
+
+def test_no_stale_step_terms_after_in_place_optimizer_steps():
+    """Regression: fused AdamW updates weights without bumping tensor versions; every forward must see them."""
+    m = make().float()
+    ids = torch.randint(0, 256, (1, 6))
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2, fused=True)
+    with torch.no_grad():
+        m(ids, 3)
+    m.train()
+    m(ids, 3).logits.sum().backward()
+    opt.step()
+    m.eval()
+    fresh = RecursiveCausalLM(m.config).float().eval()
+    fresh.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids, 3).logits, fresh(ids, 3).logits, rtol=0, atol=0)

@@ -1,0 +1,303 @@
+"""AdaExit calibration (`looplm calibrate-halt`): fit the halt head on a frozen model, choose τ.
+
+Stages of `calibrate_halt(HaltCalibConfig)`:
+1. Sequences: each training prompt plus the frozen model's own full-depth greedy continuation
+   (`sequences="greedy"`, the distribution adaptive decoding sees) or its reference response
+   (`sequences="data"`, SFT/task data only).
+2. Labels from the model's own convergence (MODEL.md): one full-depth forward keeps s_1..s_n; the coda
+   is run on every s_{t+1} (all positions at the same depth), giving p_t. For each real position,
+   y_t = 1 iff argmax p_t' = argmax p_full for every t' >= t and KL(p_full ‖ p_t) < kl_delta.
+   Prompt positions are labelled too (prefill exits early as well, and its states feed the coda).
+3. Fit: the halt head's `Linear(d, 1)` on the features rms(s_{t+1}) with BCE (Adam, minibatches);
+   nothing else is trainable, and a bit-for-bit check refuses any other change.
+4. Choose (min_steps, τ) on held-out prompts: for every pair of `min_steps_grid` × `taus` (τ = 1, never
+   exiting, is always added) run the model's real adaptive forward over prompt + full-depth greedy
+   continuation and compare its argmax at the decode positions (last prompt token .. last-but-one
+   token: exactly the predictions adaptive cached decoding makes given the same prefix) with the
+   full-depth argmax. The pair with the most core FLOPs saved at decode positions among those with
+   agreement >= target_agreement wins (ties: higher agreement).
+5. Check by decoding: adaptive greedy generation at the chosen pair vs full-depth greedy generation
+   on the held-out prompts (exact-match fraction, matched-prefix agreement, realised exit steps), and
+   tokens/s of both, interleaved in one run, at each batch size of `bench_batches`. Whole sequences
+   agree less often than tokens: one flipped token changes everything after it.
+6. Write `calibration.json` and `calibration.png` (agreement vs core FLOPs saved, one line per
+   min_steps) to `out` (with the new checkpoint) or `report_dir`. The checkpoint's meta gets
+   `halt_threshold`, `halt_min_steps`, `halt_steps` (META_* below) and a `halt_calibration` summary.
+
+Units: one step = n_core block passes. Core FLOPs saved = 1 − mean exit / n (core FLOPs are linear in
+steps); total FLOPs saved uses `flops_per_token`. Simplification: the labels run the coda with every
+position at the same depth, whereas adaptive decoding mixes depths across positions; the choice of τ
+therefore relies on the real adaptive forward (step 4), never on the labels alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from looplm.calibrate.common import (Sample, batched_generate, check_fits, check_only_changed, clean_meta, freeze,
+                                     greedy_continuations, load_samples, prefix_agreement, right_pad, snapshot,
+                                     split_heldout, time_interleaved, write_json)
+from looplm.calibrate.configs import (META_MIN_STEPS, META_STEPS, META_THRESHOLD, HaltCalibConfig, check_field,
+                                      to_json)
+
+HALT_PREFIX = ("core.halt.",)
+
+
+# ---------------------------------------------------------------------------------------------- labels
+def coda_logits(model, s: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Run the coda, final norm and LM head on core states s [B, T, d] (causal, no cache) -> [B, T, V]."""
+    rope = model.rope(position_ids, s.dtype)
+    x = s
+    for blk in model.coda:
+        x = blk(x, rope, None)
+    return model.lm_head(model.norm(x))
+
+
+@torch.no_grad()
+def depth_predictions(model, ids: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per step t = 0..n-1 of a full-depth pass over ids [B, T]: argmax of p_t [n, B, T],
+    KL(p_full ‖ p_t) [n, B, T] and the halt features rms(s_{t+1}) [n, B, T, d]."""
+    from looplm.model.layers import rms
+
+    out = model(ids, steps, return_states=True)
+    pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    logps = [F.log_softmax(coda_logits(model, s, pos).float(), dim=-1) for s in out.states[1:]]
+    full = logps[-1]
+    preds = torch.stack([lp.argmax(-1) for lp in logps])
+    kl = torch.stack([(full.exp() * (full - lp)).sum(-1) for lp in logps])
+    feats = torch.stack([rms(s) for s in out.states[1:]])
+    return preds, kl, feats
+
+
+def convergence_labels(preds: torch.Tensor, kl: torch.Tensor, kl_delta: float) -> torch.Tensor:
+    """y_t = 1 iff argmax p_t' equals the full-depth argmax for every t' >= t and KL_t < kl_delta.
+    preds, kl: [n, ...] with the full depth last -> bool [n, ...]."""
+    agree = (preds == preds[-1]).int()
+    stays = agree.flip(0).cummin(dim=0).values.flip(0).bool()  # all later steps agree too
+    return stays & (kl < kl_delta)
+
+
+def build_labels(model, seqs: list[list[int]], steps: int, kl_delta: float, pad_id: int, batch_size: int,
+                 progress: bool) -> dict[str, torch.Tensor]:
+    """Features [n, N, d] and labels [n, N] over every real position of `seqs`, plus per-step stats."""
+    device = model.embed.weight.device
+    feats, labels, agree = [], [], []
+    for i in tqdm(range(0, len(seqs), batch_size), desc="labels", disable=not progress, leave=False):
+        chunk = seqs[i:i + batch_size]
+        ids = right_pad(chunk, pad_id, device)
+        preds, kl, f = depth_predictions(model, ids, steps)
+        real = torch.arange(ids.shape[1], device=device)[None] < torch.tensor([len(s) for s in chunk],
+                                                                             device=device)[:, None]  # [B, T]
+        y = convergence_labels(preds, kl, kl_delta)
+        feats.append(f[:, real].cpu())  # [n, N_chunk, d]
+        labels.append(y[:, real].cpu())
+        agree.append((preds == preds[-1])[:, real].cpu())
+    return {"feats": torch.cat(feats, 1), "labels": torch.cat(labels, 1), "agree": torch.cat(agree, 1)}
+
+
+# ---------------------------------------------------------------------------------------------- fit
+def fit_halt_head(model, feats: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float, batch: int,
+                  seed: int, progress: bool) -> dict[str, float]:
+    """BCE-fit a copy of the halt head on feats [M, d] / labels [M], then copy it into the model."""
+    halt = model.core.halt
+    head = nn.Linear(halt.in_features, 1).to(dtype=halt.weight.dtype)
+    head.load_state_dict(halt.state_dict())
+    x, y = feats.to(halt.weight.dtype), labels.to(halt.weight.dtype)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+
+    def bce() -> float:
+        with torch.no_grad():
+            return float(F.binary_cross_entropy_with_logits(head(x).squeeze(-1), y))
+
+    before = bce()
+    for _ in tqdm(range(epochs), desc="fit halt head", disable=not progress, leave=False):
+        for idx in torch.randperm(len(x), generator=gen).split(batch):
+            loss = F.binary_cross_entropy_with_logits(head(x[idx]).squeeze(-1), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    after = bce()
+    with torch.no_grad():
+        acc = float(((head(x).squeeze(-1) > 0) == labels).float().mean())
+        halt.weight.copy_(head.weight.to(halt.weight.device))
+        halt.bias.copy_(head.bias.to(halt.bias.device))
+    return {"bce_before": before, "bce_after": after, "label_accuracy": acc}
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+@torch.no_grad()
+def adaptive_sweep(model, prompt_lens: list[int], seqs: list[list[int]], steps: int,
+                   grid: list[tuple[int, float]], pad_id: int, batch_size: int, progress: bool) -> list[dict]:
+    """For each (min_steps, τ): agreement of the adaptive forward's argmax with full depth at decode
+    positions, and mean exit steps at decode positions and over all real positions."""
+    device = model.embed.weight.device
+    batches = []
+    for i in range(0, len(seqs), batch_size):
+        ids = right_pad(seqs[i:i + batch_size], pad_id, device)
+        ar = torch.arange(ids.shape[1], device=device)[None]
+        lens = torch.tensor([len(s) for s in seqs[i:i + batch_size]], device=device)[:, None]
+        plen = torch.tensor(prompt_lens[i:i + batch_size], device=device)[:, None]
+        decode = (ar >= plen - 1) & (ar <= lens - 2)  # positions predicting the continuation tokens
+        batches.append((ids, decode, ar < lens, model(ids, steps).logits.argmax(-1)))
+    rows = []
+    for m, tau in tqdm(grid, desc="tau sweep", disable=not progress, leave=False):
+        agree = n_dec = exit_dec = exit_all = n_all = 0
+        for ids, decode, real, ref in batches:
+            out = model(ids, steps, halt_threshold=tau, min_steps=m)
+            agree += int((out.logits.argmax(-1) == ref)[decode].sum())
+            n_dec += int(decode.sum())
+            exit_dec += int(out.exit_steps[decode].sum())
+            exit_all += int(out.exit_steps[real].sum())
+            n_all += int(real.sum())
+        rows.append({"min_steps": m, "tau": tau, "agreement": agree / n_dec, "mean_exit_steps": exit_dec / n_dec,
+                     "core_flops_saved": 1 - exit_dec / n_dec / steps, "mean_exit_steps_all": exit_all / n_all,
+                     "core_flops_saved_all": 1 - exit_all / n_all / steps, "decode_positions": n_dec})
+    return rows
+
+
+def choose(rows: list[dict], target: float) -> dict:
+    feasible = [r for r in rows if r["agreement"] >= target]
+    if not feasible:  # cannot happen when τ = 1 is in the grid (nothing exits: agreement 1)
+        raise RuntimeError(f"no (min_steps, tau) reaches agreement {target}")
+    return max(feasible, key=lambda r: (r["core_flops_saved"], r["agreement"], -r["tau"]))
+
+
+def save_plot(rows: list[dict], chosen: dict, target: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in sorted({r["min_steps"] for r in rows}):
+        pts = sorted((r["core_flops_saved"] * 100, r["agreement"] * 100) for r in rows if r["min_steps"] == m)
+        ax.plot(*zip(*pts), marker="o", ms=3, label=f"min_steps={m}")
+    ax.axhline(target * 100, color="grey", ls="--", lw=1, label=f"target {target:.1%}")
+    ax.plot(chosen["core_flops_saved"] * 100, chosen["agreement"] * 100, "k*", ms=12,
+            label=f"chosen τ={chosen['tau']}, m={chosen['min_steps']}")
+    ax.set_xlabel("core FLOPs saved at decode positions (%)")
+    ax.set_ylabel("greedy agreement with full depth (%)")
+    ax.set_title("AdaExit: agreement vs savings (τ sweep, held-out)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- stage
+def calibrate_halt(cfg: HaltCalibConfig) -> dict[str, Any]:
+    """Run the whole calibration (see module docstring); returns the results written to calibration.json."""
+    from looplm.checkpoint import load_checkpoint, save_checkpoint
+    from looplm.generate import GenerationConfig
+
+    cfg.validate()
+    model, tok, meta = load_checkpoint(cfg.init, map_location=cfg.device)
+    freeze(model)
+    snap = snapshot(model)
+    mc = model.config
+    steps = cfg.steps or mc.recurrence
+    check_field("HaltCalibConfig", "steps", steps, steps <= mc.max_steps, f"<= the model's max_steps={mc.max_steps}")
+    check_field("HaltCalibConfig", "min_steps_grid", cfg.min_steps_grid, max(cfg.min_steps_grid) <= steps,
+                f"every value <= steps={steps}")
+    samples = load_samples(cfg.data, cfg.n, cfg.seed, tok)
+    check_fits(samples, cfg.max_new_tokens, mc.max_seq_len, f"max_new_tokens={cfg.max_new_tokens}")
+    train, held = split_heldout(samples, cfg.heldout_frac, cfg.seed)
+    if cfg.sequences == "data" and any(s.response is None for s in train):
+        raise ValueError(f"HaltCalibConfig.sequences='data' needs responses, but {cfg.data} is an RL prompt file")
+    gen = dict(steps=steps, max_new_tokens=cfg.max_new_tokens, eos_id=tok.eos_id, pad_id=tok.pad_id,
+               batch_size=cfg.batch_size, progress=cfg.progress)
+    if cfg.sequences == "greedy":
+        train_seqs = [s.prompt + c for s, c in zip(train, greedy_continuations(model, [s.prompt for s in train],
+                                                                               desc="train continuations", **gen))]
+    else:
+        train_seqs = [s.prompt + s.response for s in train]
+        check_fits([Sample(q, None) for q in train_seqs], 0, mc.max_seq_len, "its response")
+    held_prompts = [s.prompt for s in held]
+    held_full = greedy_continuations(model, held_prompts, desc="held-out continuations", **gen)
+
+    lab = build_labels(model, train_seqs, steps, cfg.kl_delta, tok.pad_id, cfg.batch_size, cfg.progress)
+    n, N, d = lab["feats"].shape
+    fit = fit_halt_head(model, lab["feats"].reshape(n * N, d), lab["labels"].reshape(n * N), cfg.epochs, cfg.lr,
+                        cfg.train_batch, cfg.seed, cfg.progress)
+    changed = check_only_changed(model, snap, HALT_PREFIX)
+
+    grid = sorted({(m, float(t)) for m in cfg.min_steps_grid for t in (*cfg.taus, 1.0)})
+    rows = adaptive_sweep(model, [len(p) for p in held_prompts], [p + c for p, c in zip(held_prompts, held_full)],
+                          steps, grid, tok.pad_id, cfg.batch_size, cfg.progress)
+    best = choose(rows, cfg.target_agreement)
+    tau, m = best["tau"], best["min_steps"]
+
+    gcfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, steps=steps, stop_tokens=(tok.eos_id,),
+                            pad_id=tok.pad_id)
+    acfg = GenerationConfig(**{**asdict(gcfg), "halt_threshold": tau, "min_steps": m})
+    generation = generation_check(model, held_prompts, held_full, acfg, cfg.batch_size)
+    speed = bench_speed(model, held_prompts, gcfg, acfg, cfg)
+    seq_len = round(sum(len(p) + len(c) for p, c in zip(held_prompts, held_full)) / len(held))
+    chosen = describe_choice(model, best, steps, seq_len)
+    results = {
+        "init": str(cfg.init), "data": cfg.data, "config": to_json(cfg), "steps": steps,
+        "n_core": mc.n_core, "train_prompts": len(train), "heldout_prompts": len(held),
+        "label_positions": N, "label_positive_rate_by_step": lab["labels"].float().mean(1).tolist(),
+        "argmax_agreement_by_step": lab["agree"].float().mean(1).tolist(), "halt_fit": fit,
+        "changed_params": changed, "sweep": rows, "chosen": chosen, "generation": generation, "speed": speed,
+        "meta_keys": {META_THRESHOLD: tau, META_MIN_STEPS: m, META_STEPS: steps}, "checkpoint": None,
+    }
+    report_dir = Path(cfg.out or cfg.report_dir)
+    if cfg.out:
+        new_meta = {**clean_meta(meta), "stage": "calibrate-halt", "parent": str(cfg.init), META_THRESHOLD: tau,
+                    META_MIN_STEPS: m, META_STEPS: steps,
+                    "halt_calibration": {k: chosen[k] for k in ("agreement", "core_flops_saved", "mean_exit_steps")}
+                    | {"target_agreement": cfg.target_agreement, "kl_delta": cfg.kl_delta}}
+        results["checkpoint"] = str(save_checkpoint(cfg.out, model, tok, meta=new_meta))
+    report_dir.mkdir(parents=True, exist_ok=True)
+    results["plot"] = str(save_plot(rows, best, cfg.target_agreement, report_dir / "calibration.png"))
+    results["report"] = str(write_json(report_dir / "calibration.json", results))
+    return results
+
+
+def generation_check(model, prompts: list[list[int]], full: list[list[int]], ada_cfg, batch: int) -> dict[str, Any]:
+    """Adaptive greedy decoding vs the full-depth outputs `full`: identity, prefix agreement, exits."""
+    from looplm.generate import generate
+
+    outs = [generate(model, prompts[i:i + batch], ada_cfg) for i in range(0, len(prompts), batch)]
+    exits = [e for o in outs for row in o.exit_steps for e in row]
+    mean_exit = sum(exits) / len(exits)
+    return {**prefix_agreement(full, [t for o in outs for t in o.tokens]), "mean_exit_steps": mean_exit,
+            "core_flops_saved": 1 - mean_exit / ada_cfg.steps, "prompts": len(prompts)}
+
+
+def describe_choice(model, best: dict, steps: int, seq_len: int) -> dict[str, Any]:
+    """The chosen sweep row plus block passes and the share of total FLOPs saved."""
+    n_core = model.config.n_core
+    f_full = model.flops_per_token(steps, seq_len)
+    f_step = model.flops_per_token(steps + 1, seq_len) - f_full  # core FLOPs of one step
+    return {**best, "mean_exit_block_passes": best["mean_exit_steps"] * n_core, "full_depth_steps": steps,
+            "full_depth_block_passes": steps * n_core,
+            "total_flops_saved": (steps - best["mean_exit_steps"]) * f_step / f_full}
+
+
+def bench_speed(model, prompts: list[list[int]], full_cfg, ada_cfg, cfg: HaltCalibConfig) -> dict[str, Any]:
+    """tokens/s of full-depth vs adaptive greedy decoding per batch size, measured interleaved."""
+    if cfg.bench_repeats == 0:
+        return {}
+    reps = math.ceil(cfg.bench_prompts / len(prompts))
+    ps = (prompts * reps)[:cfg.bench_prompts]
+    out: dict[str, Any] = {"repeats": cfg.bench_repeats, "prompts": len(ps), "interleaved": True}
+    for b in cfg.bench_batches:
+        t = time_interleaved({"full": batched_generate(model, ps, full_cfg, b),
+                              "adaptive": batched_generate(model, ps, ada_cfg, b)},
+                             cfg.bench_repeats, cfg.progress, desc=f"timing batch {b}")
+        out[f"batch_{b}"] = {"full_tokens_per_s": t["full"]["tokens_per_s"],
+                             "adaptive_tokens_per_s": t["adaptive"]["tokens_per_s"],
+                             "speedup": t["adaptive"]["tokens_per_s"] / t["full"]["tokens_per_s"]}
+    return out

@@ -1,0 +1,96 @@
+"""`looplm calibrate-halt`: options onto `HaltCalibConfig`, run `calibrate_halt`, print a summary.
+
+Kept free of torch at import time (the CLI lists every command without loading torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from looplm.calibrate.configs import HaltCalibConfig
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in s.split(",") if x.strip())
+
+
+def _floats(s: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in s.split(",") if x.strip())
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    d = HaltCalibConfig(init="-", data="-", report_dir="-")
+    p = subparsers.add_parser(
+        "calibrate-halt", help="fit the AdaExit halt head on a frozen model and choose its threshold",
+        description="Label each position/step by the model's own convergence, fit the halt head (BCE, rest "
+                    "frozen), choose (min_steps, tau) on held-out prompts for a target greedy agreement with "
+                    "full depth, measure the speedup, and write calibration.json + calibration.png (and, "
+                    "with --out, a checkpoint whose meta holds halt_threshold / halt_min_steps / halt_steps).")
+    p.add_argument("--init", required=True, metavar="DIR", help="checkpoint to calibrate")
+    p.add_argument("--data", required=True, help="SFT JSONL (prompt, response), RL prompt JSONL (prompt, answer) "
+                                                 "or a generated task name (with --n)")
+    p.add_argument("--n", type=int, help="examples to generate (task name) or to read (file prefix)")
+    p.add_argument("--out", metavar="DIR", help="write the calibrated checkpoint and the report here")
+    p.add_argument("--report-dir", metavar="DIR", help="write only the report here (no checkpoint)")
+    p.add_argument("--target-agreement", type=float, default=d.target_agreement, help="default: %(default)s")
+    p.add_argument("--kl-delta", type=float, default=d.kl_delta, help="label KL bound δ (default: %(default)s)")
+    p.add_argument("--steps", type=int, help="full depth (default: the model's recurrence)")
+    p.add_argument("--min-steps", type=_ints, default=d.min_steps_grid, metavar="M,M,...",
+                   help="min_steps values to sweep (default: 1,2,3)")
+    p.add_argument("--taus", type=_floats, default=d.taus, metavar="T,T,...", help="thresholds to sweep (1 is added)")
+    p.add_argument("--sequences", choices=("greedy", "data"), default=d.sequences,
+                   help="label sequences: the model's greedy continuations (default) or the data's responses")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="default: %(default)s")
+    p.add_argument("--heldout-frac", type=float, default=d.heldout_frac, help="default: %(default)s")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="BCE epochs (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per forward (default: %(default)s)")
+    p.add_argument("--bench-batches", type=_ints, default=d.bench_batches, metavar="B,B,...",
+                   help="batch sizes to time (default: 1,8)")
+    p.add_argument("--bench-prompts", type=int, default=d.bench_prompts, help="default: %(default)s")
+    p.add_argument("--bench-repeats", type=int, default=d.bench_repeats, help="0 skips timing (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--json", action="store_true", help="print the full results as JSON")
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from looplm.commands import print_json
+
+    cfg = HaltCalibConfig(
+        init=args.init, data=args.data, out=args.out, report_dir=args.report_dir, n=args.n, seed=args.seed,
+        steps=args.steps, sequences=args.sequences, max_new_tokens=args.max_new_tokens,
+        heldout_frac=args.heldout_frac, kl_delta=args.kl_delta, target_agreement=args.target_agreement,
+        min_steps_grid=args.min_steps, taus=args.taus, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        bench_batches=args.bench_batches, bench_prompts=args.bench_prompts, bench_repeats=args.bench_repeats,
+        device=args.device, progress=not args.no_progress)
+    from looplm.calibrate.halt import calibrate_halt
+
+    res = calibrate_halt(cfg)
+    if args.json:
+        print_json(res)
+    else:
+        print(summary(res))
+    return 0
+
+
+def summary(res: dict[str, Any]) -> str:
+    c, g = res["chosen"], res["generation"]
+    lines = [f"chosen tau={c['tau']} min_steps={c['min_steps']} (of {res['steps']} steps)",
+             f"held-out agreement (adaptive forward vs full depth): {c['agreement']:.2%}",
+             f"mean exit: {c['mean_exit_steps']:.2f} steps = {c['mean_exit_block_passes']:.2f} block passes; "
+             f"core FLOPs saved {c['core_flops_saved']:.1%} (decode), {c['core_flops_saved_all']:.1%} (all tokens); "
+             f"total FLOPs saved {c['total_flops_saved']:.1%}",
+             f"adaptive generation vs full: {g['exact_match_frac']:.1%} identical outputs, prefix agreement "
+             f"{g['prefix_agreement']:.2%}, core FLOPs saved {g['core_flops_saved']:.1%}"]
+    for k, v in res["speed"].items():
+        if k.startswith("batch_"):
+            lines.append(f"{k}: full {v['full_tokens_per_s']:.1f} tok/s, adaptive {v['adaptive_tokens_per_s']:.1f} "
+                         f"tok/s, speedup {v['speedup']:.2f}x (interleaved)")
+    lines.append(f"report: {res['report']}  plot: {res['plot']}" + (f"  checkpoint: {res['checkpoint']}"
+                                                                    if res["checkpoint"] else ""))
+    return "\n".join(lines)

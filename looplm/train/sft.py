@@ -1,0 +1,361 @@
+"""`looplm sft`: supervised fine-tuning on chat-formatted prompt/response pairs, loss on response
+tokens only.
+
+Data: a JSONL file of rows `{"prompt", "response", "domain"}` (from `looplm data sft`; `domain` is
+optional and only groups validation numbers). Each row becomes `tokenizer.encode_chat(prompt,
+response)`: the chat template `<|user|>\\n{prompt}\\n<|assistant|>\\n{response}<|eos|>` with a 0/1
+mask that is 1 exactly on the response tokens and the final EOS. Rows of domain `replay`
+(pre-training-format CLRS text) skip the template: `encode(prompt) + encode(response) + EOS`, loss
+on the response part. Targets are the next tokens; a target whose mask is 0 (a prompt token) or a
+padding position is IGNORE, so prompt tokens carry no loss and no gradient.
+
+Batches: each micro-batch is `batch_size` rows (rank r takes its share), right-padded to the
+longest row rounded up to a multiple of 32 (at most seq_len). Right padding needs no attention mask:
+attention is causal, so no real token ever sees a pad. The row order is a seeded permutation per
+epoch, a pure function of (seed, update, micro-batch), so `--resume` is exact. The loss of an update
+is the sum over its scored targets divided by their number (over all micro-batches and ranks).
+
+Depth: fixed (`--fixed-depth`, default the model's recurrence) unless `--sample-depth` (the same
+Huginn sampler as pre-training). Everything else (optimizer, schedule, checkpoints, resume, signals,
+NaN guard, logging, DDP/FSDP, bf16, compile) is shared with `looplm pretrain`.
+
+Simplification: padding, not packing (the model takes a key-padding mask but no block-diagonal
+document mask, so packed rows would attend across examples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from looplm.train.args import config_from_args, config_to_dict, need, need_str, opt_field, validate_stage
+from looplm.train.pretrain import EXIT_DIVERGED
+
+REPLAY_DOMAIN = "replay"
+PAD_MULTIPLE = 32
+IGNORE = -100  # == looplm.train.common.IGNORE (kept torch-free here)
+
+
+@dataclass
+class SFTConfig:
+    data: str = opt_field("", "SFT JSONL file with rows {prompt, response, domain}", metavar="FILE.jsonl")
+    init: str = opt_field("", "checkpoint (or run directory) to fine-tune", metavar="CKPT")
+    out: str = opt_field("", "run directory: step checkpoints, final/, metrics.jsonl", metavar="DIR")
+    val_data: str | None = opt_field(None, "held-out JSONL in the same format: response loss per domain at fixed depths",
+                              metavar="FILE.jsonl")
+    resume: bool = opt_field(False, "continue from the newest checkpoint in --out (weights, optimizer, step, RNG)")
+    steps: int = opt_field(500, "optimizer updates in total")
+    batch_size: int = opt_field(16, "examples per micro-batch, summed over all ranks (divisible by the world size)")
+    seq_len: int = opt_field(512, "longest example in tokens minus one (<= the model's max_seq_len); longer rows are "
+                           "an error")
+    grad_accum: int = opt_field(1, "micro-batches accumulated per update")
+    lr: float = opt_field(1e-4, "peak learning rate")
+    min_lr_ratio: float = opt_field(0.1, "final learning rate as a fraction of --lr (cosine decay)")
+    warmup: int = opt_field(20, "linear warmup updates")
+    weight_decay: float = opt_field(0.0, "AdamW weight decay on matrices (vectors get none)")
+    beta1: float = opt_field(0.9, "AdamW beta1")
+    beta2: float = opt_field(0.95, "AdamW beta2")
+    grad_clip: float = opt_field(1.0, "clip the gradient 2-norm to this (0 = no clipping)")
+    sample_depth: bool = opt_field(False, "sample the recurrence depth per update (as in pre-training) instead of "
+                                   "--fixed-depth")
+    fixed_depth: int | None = opt_field(None, "recurrence depth when not sampling (default: the model's recurrence)")
+    mean_steps: float | None = opt_field(None, "mean r̄ of the depth sampler (default: the model's recurrence)")
+    depth_sigma: float = opt_field(0.5, "sigma of the depth sampler's log-normal")
+    bptt_steps: int = opt_field(8, "back-propagate through the last k = min(n, bptt_steps) recurrence steps")
+    deep_fraction: float = opt_field(0.0, "with --sample-depth: share of updates with n ~ U[16, 32]")
+    eval_every: int = opt_field(100, "evaluate on --val-data every N updates (and at the end; 0 = only at the end)")
+    eval_batches: int = opt_field(4, "validation batches per domain")
+    eval_depths: tuple[int, ...] = opt_field((4, 8, 16), "fixed depths to evaluate at (those <= max_steps, plus the "
+                                                  "model's recurrence)")
+    save_every: int = opt_field(250, "checkpoint every N updates (and at the end)")
+    keep: int = opt_field(3, "keep the newest K step checkpoints")
+    seed: int = opt_field(0, "seed of the example order and the depth sampler")
+    bf16: bool = opt_field(False, "bfloat16 autocast (CPU and GPU); fp16 is never used")
+    compile: bool = opt_field(False, "torch.compile the transformer blocks (caches under ~/.cache/looplm/compile)")
+    fsdp: bool = opt_field(False, "shard parameters, gradients and optimizer state with FSDP (multi-GPU; one unit)")
+    device: str = opt_field("auto", "cpu, cuda or auto")
+    threads: int | None = opt_field(None, "CPU threads per rank (default: OMP_NUM_THREADS, else cores / ranks)")
+    max_minutes: float | None = opt_field(None, "training time budget in minutes (summed over resumes): the cosine "
+                                                "schedule follows the budget when it runs ahead of the steps, and "
+                                                "reaching it ends training as --steps would")
+    max_bad_steps: int = opt_field(3, "stop after this many non-finite updates in a row (none is applied)")
+    log_every: int = opt_field(1, "print a line every N updates (metrics.jsonl gets every update)")
+    peak_flops: float | None = opt_field(None, "peak FLOP/s per rank for MFU (default: measured with a matmul)")
+    tensorboard: bool = opt_field(False, "also log to TensorBoard (DIR/tensorboard; needs the tensorboard package)")
+    wandb: bool = opt_field(False, "also log to Weights & Biases (needs the wandb package)")
+    progress: bool = opt_field(True, "show a tqdm progress bar when stdout is a terminal")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        validate_stage(self)
+        need_str(self, "data")
+        need_str(self, "init")
+        need_str(self, "val_data", optional=True)
+        need(self, "deep_fraction", self.sample_depth or self.deep_fraction == 0,
+             "needs --sample-depth (a fixed depth has no deep updates)")
+
+
+RESUME_FREE = frozenset({"out", "resume", "init", "data", "val_data", "eval_every", "eval_batches", "eval_depths",
+                         "save_every", "keep", "threads", "log_every", "peak_flops", "compile", "tensorboard",
+                         "wandb", "progress", "max_bad_steps", "device", "max_minutes"})
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from looplm.train.args import add_config_args
+
+    p = subparsers.add_parser(
+        "sft", help="supervised fine-tuning on chat prompt/response pairs (loss on responses only)",
+        description="Fine-tune a checkpoint on a JSONL file of {prompt, response, domain} rows in the chat "
+                    "template, with the loss on response tokens only; same loop, checkpoints, resume and "
+                    "logging as `looplm pretrain`.",
+        epilog="Exit codes: 0 done, 3 stopped on non-finite updates, 128+signal when stopped by a signal.")
+    add_config_args(p, SFTConfig, required=("data", "init", "out"))
+    p.set_defaults(func=main)
+    return p
+
+
+def main(args: argparse.Namespace | SFTConfig) -> int:
+    """CLI entry (also callable with an SFTConfig): returns the exit code."""
+    from looplm.train.common import TrainingDiverged
+
+    cfg = args if isinstance(args, SFTConfig) else config_from_args(SFTConfig, args)
+    try:
+        return train(cfg)["exit_code"]
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+
+
+# ------------------------------------------------------------------------------------------ data
+@dataclass
+class Example:
+    ids: list[int]
+    mask: list[int]  # 1 = response token (scored as a target)
+    domain: str
+
+
+def encode_rows(path: str | Path, tok: Any, seq_len: int) -> list[Example]:
+    """Read and encode an SFT JSONL file; a row longer than seq_len + 1 tokens is an error naming
+    file:line."""
+    from looplm.data.jsonl import DataFormatError, read_jsonl
+
+    rows = read_jsonl(path, required=("prompt", "response"))
+    if not rows:
+        raise DataFormatError(f"{path}: no rows")
+    out = []
+    for line, row in enumerate(rows, start=1):  # read_jsonl refuses blank lines inside the file
+        domain = row.get("domain", "all")
+        if domain == REPLAY_DOMAIN:
+            p, r = tok.encode(row["prompt"]), tok.encode(row["response"]) + [tok.eos_id]
+            ids, mask = p + r, [0] * len(p) + [1] * len(r)
+        else:
+            ids, mask = tok.encode_chat(row["prompt"], row["response"])
+        if len(ids) > seq_len + 1:
+            raise DataFormatError(f"{path}:{line}: {len(ids)} tokens exceed --seq-len {seq_len} + 1; raise --seq-len "
+                                  f"(up to the model's max_seq_len) or shorten the row")
+        out.append(Example(ids, mask, str(domain)))
+    return out
+
+
+def make_batch(examples: list[Example], pad_id: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets), each int64 [B, L] with L = the longest row - 1 rounded up to a multiple of
+    32 (<= seq_len). targets[i, t] = ids[i, t + 1] where that token is a response token, else IGNORE;
+    inputs are right-padded with pad_id."""
+    longest = max(len(e.ids) for e in examples) - 1
+    L = min(seq_len, -(-longest // PAD_MULTIPLE) * PAD_MULTIPLE)
+    inputs = np.full((len(examples), L), pad_id, dtype=np.int64)
+    targets = np.full((len(examples), L), IGNORE, dtype=np.int64)
+    for i, e in enumerate(examples):
+        ids, mask = np.asarray(e.ids, dtype=np.int64), np.asarray(e.mask, dtype=bool)
+        inputs[i, :len(ids) - 1] = ids[:-1]
+        targets[i, :len(ids) - 1] = np.where(mask[1:], ids[1:], IGNORE)
+    return inputs, targets
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_perm(n: int, seed: int, epoch: int) -> np.ndarray:
+    from looplm.train.common import DATA_STREAM
+
+    return np.random.default_rng([seed, DATA_STREAM, epoch]).permutation(n)
+
+
+def batch_rows(n: int, seed: int, step: int, micro: int, accum: int, batch: int) -> list[int]:
+    """Example indices of micro-batch `micro` of update `step`: row j is perm_e[g mod n] with
+    g = (step * accum + micro) * batch + j, e = g div n, perm_e a seeded permutation per epoch."""
+    first = (step * accum + micro) * batch
+    return [int(_epoch_perm(n, seed, g // n)[g % n]) for g in range(first, first + batch)]
+
+
+def val_batches(cfg: SFTConfig, examples: list[Example], pad_id: int, d: Any) -> dict[str, list]:
+    """Per domain, in file order: up to `eval_batches` batches of batch_size rows (this rank's rows);
+    a short last batch is filled with copies of its last row whose targets are all IGNORE."""
+    from looplm.train import common as C
+
+    by_domain: dict[str, list[Example]] = {}
+    for e in examples:
+        by_domain.setdefault(e.domain, []).append(e)
+    out: dict[str, list] = {}
+    for dom, exs in by_domain.items():
+        out[dom] = []
+        for b in range(min(cfg.eval_batches, -(-len(exs) // cfg.batch_size))):
+            chunk = exs[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            real = len(chunk)
+            x, y = make_batch(chunk + [chunk[-1]] * (cfg.batch_size - real), pad_id, cfg.seq_len)
+            y[real:] = IGNORE
+            out[dom].append(C.to_device_batch(C.rank_rows(x, d), C.rank_rows(y, d), d.device))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ loop
+def train(cfg: SFTConfig) -> dict[str, Any]:
+    """Run (or resume) SFT; returns {"exit_code", "step", "loss", "checkpoint", "final", "eval"}."""
+    from looplm.train import common as C
+    from looplm.train.logger import check_backends
+
+    check_backends(cfg.tensorboard, cfg.wandb)
+    d = C.setup_distributed(cfg.device, cfg.threads, need_group=cfg.fsdp)
+    try:
+        return _train(cfg, d)
+    finally:
+        C.teardown_distributed(d)
+
+
+def load_start(cfg: SFTConfig) -> tuple[Any, Any, Any, str]:
+    from looplm.checkpoint import load_checkpoint, load_train_state
+    from looplm.data.shards import file_sha256
+    from looplm.train import rundir as R
+
+    out = Path(cfg.out)
+    if cfg.resume:
+        ckpt = R.newest_resumable(out)
+        state = load_train_state(ckpt)
+        diffs = R.config_differences(state["config"], config_to_dict(cfg), RESUME_FREE)
+        if diffs:
+            raise R.ResumeError(f"--resume: {ckpt} was trained with a different config ({'; '.join(diffs)}); "
+                                f"resume with the same options or start a new --out")
+        model, tok, meta = load_checkpoint(ckpt)
+        R.check_same_data(meta, file_sha256(Path(cfg.data)), ckpt)
+        return model, tok, state, str(ckpt)
+    R.check_fresh_out(out)
+    ckpt = R.resolve_init(cfg.init)
+    model, tok, _ = load_checkpoint(ckpt)
+    return model, tok, None, str(ckpt)
+
+
+def _train(cfg: SFTConfig, d: Any) -> dict[str, Any]:
+    import signal
+    import time
+
+    import torch
+
+    from looplm.checkpoint import restore_rng_state
+    from looplm.config import ConfigError
+    from looplm.data.shards import file_sha256
+    from looplm.train import common as C
+    from looplm.train import rundir as R
+    from looplm.train.logger import MetricsLogger, evals_to_json, truncate_metrics
+
+    # ---- inputs, all checked before the first update
+    raw, tok, state, origin = load_start(cfg)
+    mcfg, out = raw.config, Path(cfg.out)
+    if cfg.seq_len > mcfg.max_seq_len:
+        raise ConfigError(f"SFTConfig.seq_len={cfg.seq_len} exceeds the model context max_seq_len={mcfg.max_seq_len} "
+                          f"of {origin} (option --seq-len)")
+    if cfg.batch_size % d.world_size:
+        raise ConfigError(f"SFTConfig.batch_size={cfg.batch_size} must be divisible by the world size {d.world_size} "
+                          f"(option --batch-size)")
+    examples = encode_rows(cfg.data, tok, cfg.seq_len)
+    val = val_batches(cfg, encode_rows(cfg.val_data, tok, cfg.seq_len), tok.pad_id, d) if cfg.val_data else {}
+    model, params, opt, start, bad = C.prepare_model(raw, cfg, d, state)
+    peak = cfg.peak_flops or C.measure_peak_flops(d.device, cfg.bf16)
+    token_bytes = torch.from_numpy(C.token_byte_lengths(tok, mcfg.vocab_size)).to(d.device)
+    depths = C.eval_depths(cfg.eval_depths, mcfg.recurrence, mcfg.max_steps)
+    mean_steps = cfg.mean_steps or float(mcfg.recurrence)
+    fixed = min(cfg.fixed_depth or mcfg.recurrence, mcfg.max_steps)
+    meta = {"stage": "sft", "tokenizer_sha256": tok.sha256(), "data": str(cfg.data),
+            "data_fingerprint": file_sha256(Path(cfg.data)), "origin": origin}
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+        R.write_run_config(out, config_to_dict(cfg))
+        if state is not None:
+            truncate_metrics(out / R.METRICS, start)
+    log = MetricsLogger(out, d.main, cfg.steps, start, config_to_dict(cfg), cfg.tensorboard, cfg.wandb,
+                        cfg.progress, cfg.log_every, stage="sft")
+    log.event(start, f"sft {'resumed from' if state else 'from'} {origin}: step {start}/{cfg.steps}, "
+                     f"{len(examples)} examples, {sum(p.numel() for p in params):,} trained parameters, "
+                     f"{d.world_size} rank(s) x {d.threads} thread(s) on {d.device}")
+    if state is not None:
+        restore_rng_state(state["rng"])
+    nan_steps = C.nan_test_steps()
+    last_ckpt = origin if state is not None else None
+    evals: dict[str, Any] = {}
+    seen = start * cfg.batch_size * cfg.grad_accum
+
+    # ---- the loop: one iteration = one optimizer update
+    step, loss, exit_code = start, float("nan"), 0
+    seconds = float(state.get("train_seconds", 0.0)) if state is not None else 0.0  # training time so far
+    budget = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
+    t_begin = time.perf_counter() - seconds
+    with R.StopSignals() as stop:
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            n = (C.sample_depth(cfg.seed, step, mean_steps, cfg.depth_sigma, mcfg.max_steps, cfg.deep_fraction)
+                 if cfg.sample_depth else fixed)
+            k = min(n, cfg.bptt_steps)
+            lr = C.lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio, seconds / budget if budget else 0.0)
+            C.set_lr(opt, lr)
+            micro, n_targets, n_tokens = [], 0, 0
+            for m in range(cfg.grad_accum):
+                rows = batch_rows(len(examples), cfg.seed, step, m, cfg.grad_accum, cfg.batch_size)
+                x, y = make_batch([examples[i] for i in rows], tok.pad_id, cfg.seq_len)  # global [B, L]
+                n_targets += int((y != IGNORE).sum())
+                n_tokens += x.size
+                micro.append(C.to_device_batch(C.rank_rows(x, d), C.rank_rows(y, d), d.device))
+            local = C.accumulate(model, micro, n, k, n_targets, d, cfg.bf16, poison=step in nan_steps)
+            elapsed = time.perf_counter() - t_begin  # wall clock of the loop (evaluations and saves included)
+            flags = [stop.signum is not None, budget is not None and elapsed >= budget]
+            loss, gnorm, ok, (signalled, timed_out), (seconds,) = C.finish_update(
+                model, opt, params, local, n_targets, flags, cfg.grad_clip, d, [elapsed])
+            bad = 0 if ok else bad + 1
+            C.sync(d.device)
+            dt = time.perf_counter() - t0
+            step += 1
+            seen += cfg.batch_size * cfg.grad_accum
+            flops = C.train_flops_per_token(mcfg, n, k, micro[0][0].shape[1]) * n_tokens
+            log.train({"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "depth": n, "bptt": k,
+                       "tokens": n_tokens, "response_tokens": n_targets, "examples": seen,
+                       "epoch": seen / len(examples), "tokens_per_s": n_tokens / dt,
+                       "mfu": flops / dt / (peak * d.world_size), "step_ms": 1e3 * dt, "skipped": not ok})
+            if bad >= cfg.max_bad_steps:
+                log.close()
+                raise C.TrainingDiverged(
+                    f"{bad} updates in a row had a non-finite loss or gradient (last: update {step}, loss {loss}, "
+                    f"grad norm {gnorm}); none of them was applied. Last good checkpoint: "
+                    f"{last_ckpt or 'none saved yet'}. Lower --lr, raise --warmup or check the data, then --resume.")
+            done = step == cfg.steps or (timed_out and not signalled)
+            if val and not signalled and (cfg.eval_every and step % cfg.eval_every == 0 or done):
+                evals = C.evaluate(model, raw, val, depths, token_bytes, cfg.bf16, d)
+                log.eval(step, evals)
+            if signalled or done or step % cfg.save_every == 0:
+                saved = C.save_training(out, step, model, raw, opt, tok, cfg, {**meta, "eval": evals_to_json(evals)},
+                                        bad, done, d, seconds)
+                last_ckpt = str(saved) if saved else last_ckpt
+                log.event(step, f"saved {saved}" + (f" and {out / R.FINAL}" if done else ""))
+            if signalled:
+                exit_code = 128 + (stop.signum or signal.SIGTERM)
+                log.event(step, f"stopped by a signal at update {step} (exit code {exit_code}); continue with --resume")
+                break
+            if done and step < cfg.steps:
+                log.event(step, f"time limit of {cfg.max_minutes} min reached at update {step}/{cfg.steps}")
+                break
+    log.close()
+    return {"exit_code": exit_code, "step": step, "loss": loss, "checkpoint": last_ckpt,
+            "final": str(out / R.FINAL) if exit_code == 0 and step > start else None, "eval": evals}
