@@ -2,7 +2,7 @@
 
     python benchmarks/bench_adaexit.py [--ckpt runs/bench/tiny-dfs] [--out runs/bench/tiny-dfs-halt] [--n 200]
 
-Trains the tiny DFS model first if `--ckpt` holds none (`tiny_dfs_model.py`, ~15 min on one core),
+Trains the tiny DFS model first if `--ckpt` holds none (`tiny_dfs_model.py`, 25 min on one core),
 then runs `looplm.calibrate.calibrate_halt` on `--n` fresh `dfs_verbal` prompts (seed 1; the model
 was trained on the seed-0 stream), 25% held out: labels from the model's own convergence, the halt
 head fitted with the rest frozen, (min_steps, τ) chosen on the held-out prompts for 99% agreement by
@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from common import append_section, machine_info, markdown_table  # noqa: E402
 from looplm.calibrate import HaltCalibConfig, calibrate_halt  # noqa: E402
 from looplm.calibrate.halt_cmd import summary  # noqa: E402
-from tiny_dfs_model import DEFAULT_DIR, ensure_model  # noqa: E402
+from tiny_dfs_model import DEFAULT_DIR, DEFAULT_MINUTES, ensure_model  # noqa: E402
 
 HALT_DIR = ROOT / "runs" / "bench" / "tiny-dfs-halt"
 TARGET_SAVED, TARGET_AGREE, TARGET_SPEEDUP = 0.35, 0.99, 1.25
@@ -69,25 +69,32 @@ def decode_sweep(res: dict, taus: tuple[float, ...] = (0.99, 0.995, 0.999)) -> l
     return rows
 
 
+def rel(path: str) -> str:
+    """A path relative to the repository root when it lies inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
 def checks(res: dict) -> list[tuple[str, float, str, bool]]:
     c, s = res["chosen"], res["speed"]["batch_1"]["speedup"]
     return [("core FLOPs saved (decode positions)", c["core_flops_saved"], f">= {TARGET_SAVED:.0%}",
              c["core_flops_saved"] >= TARGET_SAVED),
-            ("greedy agreement with full depth", c["agreement"], f">= {TARGET_AGREE:.0%}", c["agreement"] >= TARGET_AGREE),
+            ("greedy agreement with full depth", c["agreement"], f">= {TARGET_AGREE:.0%}",
+             c["agreement"] >= TARGET_AGREE),
             ("tokens/s speedup, batch 1", s, f">= {TARGET_SPEEDUP}x", s >= TARGET_SPEEDUP)]
 
 
 def report(res: dict, dec: list[dict]) -> str:
     c, g, sp = res["chosen"], res["generation"], res["speed"]
-    dec_rows = [[r["tau"], f"{r['exact_match_frac']:.1%}", f"{r['prefix_agreement']:.2%}", f"{r['mean_exit_steps']:.2f}",
-                 f"{r['core_flops_saved']:.1%}"] for r in dec]
+    dec_rows = [[r["tau"], f"{r['exact_match_frac']:.1%}", f"{r['prefix_agreement']:.2%}",
+                 f"{r['mean_exit_steps']:.2f}", f"{r['core_flops_saved']:.1%}"] for r in dec]
     rows = [[name, f"{v:.3f}", target, "PASS" if ok else "FAIL"] for name, v, target, ok in checks(res)]
     speed = [[k.replace("batch_", ""), f"{v['full_tokens_per_s']:.1f}", f"{v['adaptive_tokens_per_s']:.1f}",
               f"{v['speedup']:.2f}x"] for k, v in sp.items() if k.startswith("batch_")]
     sweep = [[r["min_steps"], r["tau"], f"{r['agreement']:.4f}", f"{r['mean_exit_steps']:.2f}",
               f"{r['core_flops_saved']:.1%}"] for r in res["sweep"] if r["min_steps"] == c["min_steps"]]
     return "\n\n".join([
-        f"Tiny `dfs_verbal` model `{res['init']}`; {res['train_prompts']} calibration / {res['heldout_prompts']} "
+        f"Tiny `dfs_verbal` model `{rel(res['init'])}`; {res['train_prompts']} calibration / {res['heldout_prompts']} "
         f"held-out prompts (seed 1); full depth {res['steps']} steps = {res['steps'] * res['n_core']} block passes.",
         f"Chosen τ = {c['tau']}, min_steps = {c['min_steps']}: mean exit {c['mean_exit_steps']:.2f} steps = "
         f"{c['mean_exit_block_passes']:.2f} block passes at decode positions ({c['mean_exit_steps_all']:.2f} steps "
@@ -101,7 +108,7 @@ def report(res: dict, dec: list[dict]) -> str:
         "Tokens/s (greedy, max 96 new tokens, 8 prompts; full depth and adaptive measured interleaved in one run, "
         f"{sp['repeats']} repeats; absolute numbers are noisy on the shared CPU, the ratio is the figure):\n\n"
         + markdown_table(["batch", "full tok/s", "adaptive tok/s", "speedup"], speed),
-        f"τ sweep at min_steps = {c['min_steps']} (held-out, adaptive forward; plot: `{res['plot']}`):\n\n"
+        f"τ sweep at min_steps = {c['min_steps']} (held-out, adaptive forward; plot: `{rel(res['plot'])}`):\n\n"
         + markdown_table(["min_steps", "τ", "agreement", "mean exit (steps)", "core FLOPs saved"], sweep),
         "Agreement above is per token: the adaptive prediction vs the full-depth one given the same prefix. "
         "Whole generations are stricter, since one flipped token changes the rest of the sequence; adaptive vs "
@@ -116,7 +123,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(HALT_DIR), help="calibrated checkpoint + calibration.json/png")
     ap.add_argument("--n", type=int, default=200, help="dfs_verbal prompts (25%% held out)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
-    ap.add_argument("--train-minutes", type=float, default=15.0, help="if the model must be trained")
+    ap.add_argument("--train-minutes", type=float, default=DEFAULT_MINUTES, help="if the model must be trained")
     ap.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -33,7 +33,7 @@ import bench_adaexit  # noqa: E402
 from common import append_section, machine_info, markdown_table  # noqa: E402
 from looplm.calibrate import SpecTrainConfig, train_spec  # noqa: E402
 from looplm.calibrate.spec_cmd import summary_text  # noqa: E402
-from tiny_dfs_model import DEFAULT_DIR, has_checkpoint  # noqa: E402
+from tiny_dfs_model import DEFAULT_DIR, DEFAULT_MINUTES, has_checkpoint  # noqa: E402
 
 SPEC_DIR = ROOT / "runs" / "bench" / "tiny-dfs-spec"
 TARGET_SPEEDUP = 2.5
@@ -42,10 +42,16 @@ TARGET_SPEEDUP = 2.5
 def run(init: Path, out: Path, n: int, epochs: int, lr: float, eval_prompts: int, repeats: int,
         progress: bool = True) -> dict:
     if not has_checkpoint(init):
-        bench_adaexit.run(DEFAULT_DIR, init, 200, 3, 15.0, progress)
+        bench_adaexit.run(DEFAULT_DIR, init, 200, 3, DEFAULT_MINUTES, progress)
     cfg = SpecTrainConfig(init=str(init), out=str(out), data="dfs_verbal", n=n, seed=2, epochs=epochs, lr=lr,
                           max_new_tokens=96, eval_prompts=eval_prompts, bench_repeats=repeats, progress=progress)
     return train_spec(cfg)
+
+
+def rel(path: str) -> str:
+    """A path relative to the repository root when it lies inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
 def checks(res: dict) -> list[tuple[str, str, str, bool]]:
@@ -68,7 +74,7 @@ def report(res: dict) -> str:
     tps = d["tokens_per_s"]
     speed = [[k, f"{v:.1f}", f"{v / tps['greedy']:.2f}x"] for k, v in tps.items()]
     parts = [
-        f"Init `{res['init']}`; heads distilled on the frozen model's own greedy continuations of "
+        f"Init `{rel(res['init'])}`; heads distilled on the frozen model's own greedy continuations of "
         f"{res['train_prompts']} `dfs_verbal` prompts (seed 2; {res['train_positions']} positions, "
         f"{res['config']['epochs']} epochs); {d['prompts']} held-out prompts decoded at batch 1.",
         markdown_table(["figure", "value", "target", "result"], [[*c[:3], "PASS" if c[3] else "FAIL"]
@@ -84,7 +90,8 @@ def report(res: dict) -> str:
     if "adaptive" in d:
         ad = d["adaptive"]
         parts.append(f"Adaptive (τ = {ad['halt_threshold']}, min_steps = {ad['min_steps']}) alone: "
-                     f"{ad['speedup_adaptive']:.2f}x; adaptive + speculative: {ad['speedup_adaptive_speculative']:.2f}x "
+                     f"{ad['speedup_adaptive']:.2f}x; adaptive + speculative: "
+                     f"{ad['speedup_adaptive_speculative']:.2f}x "
                      f"({ad['speculative']['mean_tokens_per_verify']:.2f} tokens per verification). Adaptive vs "
                      f"full-depth greedy on these prompts: {ad['adaptive_vs_full']['exact_match_frac']:.1%} identical, "
                      f"prefix agreement {ad['adaptive_vs_full']['prefix_agreement']:.2%}.")
@@ -95,11 +102,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--init", default=str(bench_adaexit.HALT_DIR), help="AdaExit-calibrated checkpoint")
     ap.add_argument("--out", default=str(SPEC_DIR), help="checkpoint with trained heads + train_spec.json")
-    ap.add_argument("--n", type=int, default=400, help="dfs_verbal prompts (20%% held out)")
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--n", type=int, default=600, help="dfs_verbal prompts (20%% held out)")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--eval-prompts", type=int, default=16, help="held-out prompts decoded and timed")
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved timing repeats")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
     ap.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args()
     torch.set_num_threads(1)

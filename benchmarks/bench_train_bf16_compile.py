@@ -9,7 +9,7 @@ of all variants are interleaved round by round (`common.interleaved`). Target (i
 bf16 + compile >= 1.3x the tokens/s of fp32 eager.
 
     python benchmarks/bench_train_bf16_compile.py [--preset small] [--batch 4] [--seq-len 128]
-        [--rounds 4] [--warmup 2] [--threads 2] [--variants fp32,bf16,compile,bf16+compile] [--no-save]
+        [--rounds 4] [--warmup 2] [--threads 1] [--variants fp32,bf16,compile,bf16+compile] [--no-save]
 
 Simplification: random tokens; one micro-batch per update; CPU only (on a GPU, run the same script
 with --device cuda).
@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
 import torch  # noqa: E402
 
-from benchmarks.common import append_section, command_line, interleaved, machine_info, markdown_table, set_threads  # noqa: E402,E501
+from benchmarks.common import (append_section, command_line, interleaved, machine_info, markdown_table,  # noqa: E402
+                               set_threads)
 from looplm.config import PRESETS, get_preset  # noqa: E402
 from looplm.model import RecursiveCausalLM  # noqa: E402
 from looplm.train import common as C  # noqa: E402
@@ -42,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=2, help="untimed updates per variant (compilation happens here)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads (2 only on an otherwise idle 2-core machine)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
     ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/RESULTS.md")
@@ -62,7 +63,7 @@ def make_update(cfg, variant: str, ids: torch.Tensor, device: torch.device):
 
     def update():
         local = C.accumulate(model, [(x, y)], n, n, y.numel(), d, bf16)
-        C.finish_update(model, opt, params, local, y.numel(), False, 1.0, d)
+        C.finish_update(model, opt, params, local, y.numel(), [], 1.0, d)
         C.sync(device)
 
     return update

@@ -93,7 +93,8 @@ def main(argv=None) -> int:
     rows = [[f"{r} process(es) x 1 thread", len(v), f"{med[r]:.0f}", f"{min(v):.0f} - {max(v):.0f}"]
             for r, v in rates.items()]
     lines = [markdown_table(["run", "updates timed", "tokens/s median", "range"], rows), "",
-             f"tiny, fixed depth {args.depth}, global batch {args.batch_size} x {args.seq_len}, {args.steps} updates per run "
+             f"tiny, fixed depth {args.depth}, global batch {args.batch_size} x {args.seq_len}, "
+             f"{args.steps} updates per run "
              f"(first {args.skip} skipped), {args.repeats} alternating pairs",
              f"2-rank DDP / single process tokens/s: **{ratio:.2f}x** (target >= {TARGET}x: "
              f"{'met' if ratio >= TARGET else 'NOT met'})"]

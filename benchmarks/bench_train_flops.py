@@ -98,7 +98,7 @@ def main(argv=None) -> int:
             k = n if mode == "fixed" else min(n, args.bptt)
             counter["flops"].append(C.train_flops_per_token(cfg, n, k, T) * B * T)
             local = C.accumulate(loop, [(x, y)], n, k, B * T, d, args.bf16)
-            C.finish_update(loop, opt_l, params_l, local, B * T, False, 1.0, d)
+            C.finish_update(loop, opt_l, params_l, local, B * T, [], 1.0, d)
 
         t = interleaved({"matmul": lambda: [mm() for _ in range(3)], "looplm": loop_update,
                          "plain": lambda: plain_update(plain, opt_p, params_p, x, y, args.bf16)},
@@ -109,22 +109,26 @@ def main(argv=None) -> int:
         rate_p = fpt_plain * B * T * len(t["plain"].times) / sum(t["plain"].times)
         ratios[mode] = rate_l / rate_p
         mean_fpt = sum(timed_flops) / len(timed_flops) / (B * T)
-        for name, rate, fpt, tm in (("looplm", rate_l, mean_fpt, t["looplm"]), ("plain", rate_p, fpt_plain, t["plain"])):
+        for name, rate, fpt, tm in (("looplm", rate_l, mean_fpt, t["looplm"]),
+                                    ("plain", rate_p, fpt_plain, t["plain"])):
             rows.append([mode, name, f"{fpt / 1e6:.1f}M", f"{sum(tm.times) / len(tm.times):.2f}",
-                         f"{B * T * len(tm.times) / sum(tm.times):.0f}", f"{rate / 1e9:.2f}", f"{100 * rate / peak:.1f}%"])
+                         f"{B * T * len(tm.times) / sum(tm.times):.0f}", f"{rate / 1e9:.2f}",
+                         f"{100 * rate / peak:.1f}%"])
         print(f"{mode}: looplm {rate_l / 1e9:.2f} GFLOP/s, plain {rate_p / 1e9:.2f} GFLOP/s, "
               f"peak {peak / 1e9:.1f} GFLOP/s -> ratio {ratios[mode]:.2f}x", flush=True)
     headers = ["depth", "model", "train FLOPs/token (mean)", "s/update (mean)", "tokens/s", "GFLOP/s", "MFU"]
     figure = args.preset == "tiny" and not args.bf16
     lines = [markdown_table(headers, rows), "",
-             f"plain GPT: {pcfg.n_layers} layers, d={pcfg.d_model}, swiglu {pcfg.mlp_hidden}, same training FLOPs/token "
+             f"plain GPT: {pcfg.n_layers} layers, d={pcfg.d_model}, swiglu {pcfg.mlp_hidden}, "
+             f"same training FLOPs/token "
              f"as looplm at n = k = {R}; sampled: Huginn n (r̄ = {R}, σ = 0.5), k = min(n, {args.bptt})"]
     for mode, r in ratios.items():
         lines.append(f"looplm / plain GPT FLOP rate ({mode} depth): **{r:.2f}x**"
                      + (f" (target >= {TARGET}x: {'met' if r >= TARGET else 'NOT met'})" if figure else ""))
     print("\n".join(lines))
     if not args.no_save:
-        print(f"appended to {append_section(f'bench_train_flops: {args.preset}', chr(10).join(lines), info, command_line())}")
+        path = append_section(f"bench_train_flops: {args.preset}", "\n".join(lines), info, command_line())
+        print(f"appended to {path}")
     return 0
 
 

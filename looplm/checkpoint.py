@@ -65,6 +65,10 @@ REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, META_FILE)
 TRAIN_STATE_DIR = "train_state"
 TRAIN_TENSORS_FILE = f"{TRAIN_STATE_DIR}/tensors.safetensors"
 TRAIN_JSON_FILE = f"{TRAIN_STATE_DIR}/state.json"
+# Bumped whenever the model code changes what a given set of weights computes (e.g. the RoPE pairing),
+# so an old checkpoint is refused instead of silently producing different outputs.
+ARCH_VERSION = 1
+
 _RESERVED_META_KEYS = ("format_version", "looplm_version", "torch_version", "created", "files")
 
 
@@ -97,7 +101,7 @@ def save_checkpoint(
     try:
         files = {
             CONFIG_FILE: _write_json(tmp / CONFIG_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION,
-                                                         "model": config.to_dict()}),
+                                                         "arch_version": ARCH_VERSION, "model": config.to_dict()}),
             WEIGHTS_FILE: _write_weights(tmp / WEIGHTS_FILE, tensors, aliases),
             TOKENIZER_FILE: _save_tokenizer(tokenizer, tmp),
         }
@@ -281,6 +285,9 @@ def load_config(dir: str | os.PathLike):
     if raw.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {raw.get('format_version')!r} is not supported "
                               f"(this looplm reads {FORMAT_VERSION})")
+    if raw.get("arch_version", ARCH_VERSION) != ARCH_VERSION:
+        raise CheckpointError(f"{path}: written by model architecture version {raw.get('arch_version')!r}; this looplm "
+                              f"computes version {ARCH_VERSION} (the same weights would compute something else)")
     try:
         return ModelConfig.from_dict(raw["model"])
     except (ConfigError, TypeError) as e:

@@ -337,3 +337,17 @@ def test_report_200m_round_trip(tmp_path, small_tokenizer):
     assert 4 * physical < size < 4 * physical + 200_000  # float32 data + header: the tie is not duplicated
     loaded, _, _ = load_checkpoint(path)
     assert torch.equal(logits(model, config, steps=2), logits(loaded, config, steps=2))
+
+
+def test_checkpoint_from_another_architecture_version_is_refused(tmp_path, micro_config, small_tokenizer,
+                                                                 monkeypatch):
+    import json
+
+    import looplm.checkpoint as C
+    from looplm.model import RecursiveCausalLM
+
+    ck = C.save_checkpoint(tmp_path / "ck", RecursiveCausalLM(micro_config), small_tokenizer)
+    assert json.loads((ck / "config.json").read_text())["arch_version"] == C.ARCH_VERSION
+    monkeypatch.setattr(C, "ARCH_VERSION", C.ARCH_VERSION + 1)  # this looplm now computes something else
+    with pytest.raises(C.CheckpointError, match="architecture version"):
+        C.load_checkpoint(ck)

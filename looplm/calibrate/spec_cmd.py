@@ -33,8 +33,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="default: %(default)s")
     p.add_argument("--heldout-frac", type=float, default=d.heldout_frac, help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per forward (default: %(default)s)")
-    p.add_argument("--eval-prompts", type=int, default=d.eval_prompts, help="held-out prompts decoded (default: %(default)s)")
-    p.add_argument("--bench-repeats", type=int, default=d.bench_repeats, help="interleaved timing repeats (default: %(default)s)")
+    p.add_argument("--eval-prompts", type=int, default=d.eval_prompts,
+                   help="held-out prompts decoded (default: %(default)s)")
+    p.add_argument("--bench-repeats", type=int, default=d.bench_repeats,
+                   help="interleaved timing repeats (default: %(default)s)")
     p.add_argument("--halt", choices=("auto", "off"), default=d.halt,
                    help="auto: also time adaptive + speculative when the checkpoint has a halt calibration")
     p.add_argument("--seed", type=int, default=d.seed)
@@ -72,7 +74,8 @@ def summary_text(res: dict[str, Any]) -> str:
              f"held-out top-1 per head (teacher forced): {fmt(a['top1'])}; chained {fmt(a['chain_acceptance'])}",
              f"decoding: head acceptance {fmt(s['head_acceptance'])}, {s['mean_tokens_per_verify']:.2f} tokens per "
              f"verification, {s['tokens_per_forward']:.2f} tokens per forward",
-             f"speculative vs greedy (batch 1, interleaved): {dec['speedup']:.2f}x, identical output: {dec['identical']}"]
+             f"speculative vs greedy (batch 1, interleaved): {dec['speedup']:.2f}x, "
+             f"identical output: {dec['identical']}"]
     if "adaptive" in dec:
         ad = dec["adaptive"]
         lines.append(f"adaptive (tau={ad['halt_threshold']}, m={ad['min_steps']}): {ad['speedup_adaptive']:.2f}x; "

@@ -36,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--speculative", action="store_true", help="draft with the speculative heads, verify in one pass")
     p.add_argument("--halt-threshold", type=float, metavar="X", help="AdaExit: exit a token once the halt prob > X")
     p.add_argument("--min-steps", type=int, metavar="M", help="AdaExit: never exit before M steps")
+    p.add_argument("--adaptive", action="store_true",
+                   help="AdaExit with the threshold and min steps calibrated by `looplm calibrate-halt` "
+                        "(stored in the checkpoint's meta; an error if it has none)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=main)
@@ -48,7 +51,15 @@ def main(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    model, tokenizer, _ = load_checkpoint(args.ckpt, map_location=args.device)
+    model, tokenizer, meta = load_checkpoint(args.ckpt, map_location=args.device)
+    if getattr(args, "adaptive", False):
+        if meta.get("halt_threshold") is None:
+            raise ValueError(f"--adaptive: {args.ckpt} has no calibrated halt threshold (run looplm calibrate-halt, "
+                             f"or pass --halt-threshold X)")
+        if args.halt_threshold is None:
+            args.halt_threshold = float(meta["halt_threshold"])
+        if args.min_steps is None:
+            args.min_steps = int(meta.get("halt_min_steps", 1))
     text = tokenizer.chat_prompt(args.prompt) if args.chat else args.prompt
     ids = tokenizer.encode(text, add_bos=args.bos)
     reserve = model.config.n_spec_heads + 1 if args.speculative else 0  # positions the verify pass drafts into

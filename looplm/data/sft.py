@@ -158,9 +158,13 @@ def chat_rows(cfg: SFTConfig, n: int) -> tuple[list[Example], dict[str, Any]]:
         exs = get_task("synth_chat").generate(n, seed=derive_seed(cfg.seed, "sft", "chat"), split="train")
         check_generated_split(exs, "chat (synth_chat)")
         return exs, {"kind": "generated", "task": "synth_chat", "split": "train"}
-    pool = _load_task("alpaca", cfg.alpaca_source, "train", "--alpaca", "")
-    exs = sample_loaded(pool, n, derive_seed(cfg.seed, "sft", "chat"), f"alpaca ({cfg.alpaca_source})")
-    return exs, {"kind": "loaded", "task": "alpaca", "source": cfg.alpaca_source, "available": len(pool)}
+    loaded = _load_task("alpaca", cfg.alpaca_source, "train", "--alpaca", "")
+    # keep the rows whose prompt hashes into the train split: `looplm eval --tasks chat` scores the eval-split
+    # rows of the same file, so SFT never sees them (the manifest records how many were held out)
+    pool = [e for e in loaded if in_split(e.prompt, "train")]
+    exs = sample_loaded(pool, n, derive_seed(cfg.seed, "sft", "chat"), f"alpaca ({cfg.alpaca_source}, train split)")
+    return exs, {"kind": "loaded", "task": "alpaca", "source": cfg.alpaca_source, "available": len(pool),
+                 "held_out_for_eval": len(loaded) - len(pool)}
 
 
 def replay_count(base: int, share: float) -> int:

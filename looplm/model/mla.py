@@ -60,9 +60,9 @@ class CartMLA(nn.Module):
             if not isinstance(mask, str):
                 scores = scores.masked_fill(~mask.view(B, 1, -1), float("-inf"))  # mask [B, 1, 1, L]
             o = torch.bmm(scores.softmax(-1), lat[..., : self.lat]).view(B, self.H, T, self.lat)
-        else:
-            key, value = lat.unsqueeze(1), lat[..., : self.lat].unsqueeze(1)  # [B, 1, L, *]: one shared KV head
-            o = attend(query, key, value, mask, scale=self.scale)  # [B, H, T, lat]
+        else:  # keys double as values (one shared KV head): equal q/k/v widths let SDPA use its fused kernel;
+            kv = lat.unsqueeze(1)  # [B, 1, L, lat + dr]; the RoPE part of the output is dropped
+            o = attend(query, kv, kv, mask, scale=self.scale)[..., : self.lat]  # [B, H, T, lat]
         w_uv_t = terms[self.w_uv][t].view(self.H, self.dn, self.lat).transpose(1, 2)  # [H, lat, dn]
         o = (o @ w_uv_t).transpose(1, 2).reshape(B, T, self.H * self.dn)  # [B, H, T, dn] -> [B, T, H*dn]
         return self.w_o(o, terms[self.w_o][t])

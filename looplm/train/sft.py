@@ -47,7 +47,8 @@ class SFTConfig:
     data: str = opt_field("", "SFT JSONL file with rows {prompt, response, domain}", metavar="FILE.jsonl")
     init: str = opt_field("", "checkpoint (or run directory) to fine-tune", metavar="CKPT")
     out: str = opt_field("", "run directory: step checkpoints, final/, metrics.jsonl", metavar="DIR")
-    val_data: str | None = opt_field(None, "held-out JSONL in the same format: response loss per domain at fixed depths",
+    val_data: str | None = opt_field(None, "held-out JSONL in the same format: response loss per domain at "
+                                           "fixed depths",
                               metavar="FILE.jsonl")
     resume: bool = opt_field(False, "continue from the newest checkpoint in --out (weights, optimizer, step, RNG)")
     steps: int = opt_field(500, "optimizer updates in total")

@@ -52,7 +52,8 @@ def test_sft_default_recipe_sizes(tmp_path, alpaca_file, gsm8k_dir):
     # math-heavy asks 1000 / 333 / 333: the small local files are too small and that is an error
     with pytest.raises(DataBuildError, match="asked for 333 rows but the source has 60"):
         sft(tmp_path, math_source="gsm8k", gsm8k_source=str(gsm8k_dir), alpaca_source=str(alpaca_file))
-    with pytest.raises(DataBuildError, match="alpaca.*asked for 333 rows but the source has 81"):
+    # 81 Alpaca rows, of which the 70 whose prompts hash into the train split are usable for SFT
+    with pytest.raises(DataBuildError, match="alpaca.*train split.*asked for 333 rows but the source has 70"):
         sft(tmp_path, math_source="arith", alpaca_source=str(alpaca_file))
     assert not (tmp_path / "sft.jsonl").exists()
 
@@ -179,3 +180,12 @@ def test_math_heavy_recipe_on_shared_data(tmp_path, shared_data):
     assert m["counts"] == {"logic": 1000, "math": 333, "chat": 333}
     assert m["sources"]["math"]["available"] == 7473
     assert m["sources"]["math"]["checked_against_test"] == str(gsm8k / "test.jsonl")
+
+
+def test_sft_chat_rows_come_from_the_train_split_only(tmp_path, alpaca_file):
+    from looplm.tasks.base import in_split
+
+    m = sft(tmp_path, sizes=(0, 0, 60), alpaca_source=str(alpaca_file))
+    rows = read_jsonl(tmp_path / "sft.jsonl", required=("prompt", "response", "domain"))
+    assert len(rows) == 60 and all(in_split(r["prompt"], "train") for r in rows)
+    assert m["sources"]["chat"]["held_out_for_eval"] == 11

@@ -252,6 +252,39 @@ def test_time_limit_finishes_early_with_final_checkpoint(pretrain_config, tmp_pa
     assert read_records(cfg.out, "eval")  # a final evaluation ran
 
 
+def test_logging_backend_asked_for_but_missing(pretrain_config, tmp_path):
+    import importlib.util
+
+    from looplm.config import ConfigError
+    from looplm.train.pretrain import main
+
+    for flag, package in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        if importlib.util.find_spec(package) is not None:
+            continue  # installed: nothing to refuse
+        with pytest.raises(ConfigError, match=f"--{flag} needs the {package} package"):
+            main(pretrain_config(tmp_path / flag, **{flag: True}))
+        _no_training(tmp_path / flag)
+
+
+@pytest.mark.slow
+def test_compile_matches_eager_and_caches_under_looplm_cache(pretrain_config, tmp_path):
+    import os
+
+    eager = pretrain_config(tmp_path / "eager", steps=3)
+    compiled = pretrain_config(tmp_path / "compiled", steps=3, compile=True)
+    env = subprocess_env(LOOPLM_CACHE=str(tmp_path / "cache"))
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    for cfg in (eager, compiled):
+        argv = cli_args(cfg) + (["--compile"] if cfg.compile else [])
+        proc = subprocess.run(looplm_cmd(argv), capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    a, b = read_records(eager.out), read_records(compiled.out)
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-4)
+    inductor = tmp_path / "cache" / "compile" / "inductor"
+    assert inductor.is_dir() and any(inductor.iterdir())
+    assert os.environ.get("TORCHINDUCTOR_CACHE_DIR") != str(inductor)  # only the child process was redirected
+
+
 def test_bf16_autocast_on_cpu(pretrain_config, tmp_path):
     from looplm.train.pretrain import main
 
