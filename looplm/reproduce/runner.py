@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 import time
 import traceback
 from dataclasses import dataclass, field

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -321,3 +322,22 @@ def check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"option {name!r} must be a positive integer, got {value!r}")
     return value
+
+
+def iter_template_examples(task: str, templates: dict, make_example, seed: int,
+                           chosen: tuple[str, ...] | list[str] | None = None, split: str = "train"):
+    """Endless deterministic stream of `make_example(template_name, rng)` over `chosen` templates (default
+    all of `templates`); only prompts hashing into `split` ("train" | "eval" | "any") are yielded."""
+    names = list(templates) if chosen is None else list(chosen)
+    unknown = [t for t in names if t not in templates]
+    if not names or unknown:
+        raise ValueError(f"option 'templates' must name some of {sorted(templates)}, got {names!r}")
+    rng = random.Random(f"{task}:{seed}")
+    misses = 0
+    while True:
+        ex = make_example(rng.choice(names), rng)
+        if not in_split(ex.prompt, split):
+            misses = check_split_misses(misses + 1, task, split)
+            continue
+        misses = 0
+        yield ex

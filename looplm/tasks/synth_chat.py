@@ -36,7 +36,7 @@ from itertools import islice
 from typing import Callable, Iterator
 
 from looplm.tasks.alpaca import format_prompt
-from looplm.tasks.base import Example, check_split_misses, in_split, token_f1
+from looplm.tasks.base import Example, check_split_misses, in_split, iter_template_examples, token_f1
 
 TASK = "synth_chat"
 
@@ -381,19 +381,7 @@ def iter_examples(seed: int, templates: tuple[str, ...] | list[str] | None = Non
                   split: str = "train") -> Iterator[Example]:
     """Endless deterministic stream over `templates` (default all); only prompts hashing into
     `split` ("train" | "eval" | "any") are yielded."""
-    names = list(TEMPLATES) if templates is None else list(templates)
-    unknown = [t for t in names if t not in TEMPLATES]
-    if not names or unknown:
-        raise ValueError(f"option 'templates' must name some of {sorted(TEMPLATES)}, got {names!r}")
-    rng = random.Random(f"{TASK}:{seed}")
-    misses = 0
-    while True:
-        ex = make_example(rng.choice(names), rng)
-        if not in_split(ex.prompt, split):
-            misses = check_split_misses(misses + 1, TASK, split)
-            continue
-        misses = 0
-        yield ex
+    return iter_template_examples(TASK, TEMPLATES, make_example, seed, templates, split)
 
 
 def generate(n: int, seed: int, **opts) -> list[Example]:

@@ -23,8 +23,7 @@ from itertools import islice
 from typing import Callable, Iterator
 
 from looplm.tasks.arith import apply_op
-from looplm.tasks.base import (Example, check_split_misses, extract_hash_answer,
-                               hash_answer_scores, in_split)
+from looplm.tasks.base import Example, extract_hash_answer, hash_answer_scores, iter_template_examples
 
 TASK = "word_problems"
 NAMES = ("Tom", "Maria", "Liam", "Emma", "Noah", "Sara", "Omar", "Mei", "Ravi", "Anna", "Jack",
@@ -220,19 +219,7 @@ def iter_examples(seed: int, templates: tuple[str, ...] | list[str] | None = Non
                   split: str = "train") -> Iterator[Example]:
     """Endless deterministic stream over `templates` (default all); only prompts hashing into
     `split` ("train" | "eval" | "any") are yielded."""
-    names = list(TEMPLATES) if templates is None else list(templates)
-    unknown = [t for t in names if t not in TEMPLATES]
-    if not names or unknown:
-        raise ValueError(f"option 'templates' must name some of {sorted(TEMPLATES)}, got {names!r}")
-    rng = random.Random(f"{TASK}:{seed}")
-    misses = 0
-    while True:
-        ex = make_example(rng.choice(names), rng)
-        if not in_split(ex.prompt, split):
-            misses = check_split_misses(misses + 1, TASK, split)
-            continue
-        misses = 0
-        yield ex
+    return iter_template_examples(TASK, TEMPLATES, make_example, seed, templates, split)
 
 
 def generate(n: int, seed: int, **opts) -> list[Example]:

@@ -31,7 +31,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from looplm.config import ConfigError
 from looplm.generate import GenerationConfig, generate
 from looplm.grpo import group_advantages, grpo_loss, zero_std_groups
 from looplm.rewards import outcome_reward, process_breakdown
-from looplm.train.grpo_config import LOSS_TYPES, NUMERIC_TASKS, REWARDS, SCALES, SCORED_TASKS, GRPOConfig  # noqa: F401
+from looplm.train.grpo_config import NUMERIC_TASKS, SCORED_TASKS, GRPOConfig
 from looplm.train.common import build_optimizer, freeze_untrained, lr_at, set_lr
 from looplm.train.rundir import (StopSignals, check_fresh_out, newest_resumable, resolve_init, save_final, save_step,
                                  write_run_config)
