@@ -56,7 +56,8 @@ class CartMLA(nn.Module):
         q_lat = q_nope @ w_uk  # [B, H, T, dn] @ [H, dn, lat] -> [B, H, T, lat]
         query = torch.cat([q_lat, apply_rope(q_rope, *rope)], dim=-1)  # [B, H, T, lat + dr]
         if T == 1 and mask is not None:  # decoding one token per row: MQA as two bmm's (fewer ops than SDPA)
-            scores = torch.bmm(query.reshape(B, self.H, -1), lat.transpose(1, 2)) * self.scale  # [B, H, L]
+            q2 = query.reshape(B, self.H, -1)
+            scores = torch.baddbmm(q2.new_empty(()), q2, lat.transpose(1, 2), beta=0.0, alpha=self.scale)  # [B, H, L]
             if not isinstance(mask, str):
                 scores = scores.masked_fill(~mask.view(B, 1, -1), float("-inf"))  # mask [B, 1, 1, L]
             o = torch.bmm(scores.softmax(-1), lat[..., : self.lat]).view(B, self.H, T, self.lat)

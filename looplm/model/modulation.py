@@ -71,7 +71,7 @@ class ModulatedLinear(nn.Module):
             return F.linear(x, self.fused)
         y, vx, gx = F.linear(x, self.fused).split([self.d_out, self.rank, self.rank], dim=-1)
         inv_rms = torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps)
-        g = torch.tanh(step_term + gx * inv_rms)  # [..., r]
+        g = torch.tanh(torch.addcmul(step_term, gx, inv_rms))  # step_term + G_x rms(x), [..., r]
         return y + F.linear(g * vx, self.U)
 
 

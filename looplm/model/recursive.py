@@ -130,7 +130,7 @@ class RecurrentCore(nn.Module):
         for b, block in enumerate(self.blocks):
             lat = lat_src.at_step(b, t, z, rope, rows, exited)
             z = block(z, tbl.terms, t, lat, rope, mask)
-        return s + tbl.alpha[t] * (z - s)
+        return torch.lerp(s, z, tbl.alpha[t])  # s + alpha * (z - s)
 
     def halt_prob(self, s: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.halt(rms(s.detach()))).squeeze(-1)
