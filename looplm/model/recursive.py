@@ -130,7 +130,11 @@ class RecurrentCore(nn.Module):
         for b, block in enumerate(self.blocks):
             lat = lat_src.at_step(b, t, z, rope, rows, exited)
             z = block(z, tbl.terms, t, lat, rope, mask)
-        return torch.lerp(s, z, tbl.alpha[t])  # s + alpha * (z - s)
+        alpha = tbl.alpha[t]
+        if not (s.dtype == z.dtype == alpha.dtype):  # autocast: promote as s + alpha * (z - s) would (fp32 state)
+            dt = torch.promote_types(torch.promote_types(s.dtype, z.dtype), alpha.dtype)
+            s, z, alpha = s.to(dt), z.to(dt), alpha.to(dt)
+        return torch.lerp(s, z, alpha)  # s + alpha * (z - s)
 
     def halt_prob(self, s: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.halt(rms(s.detach()))).squeeze(-1)
