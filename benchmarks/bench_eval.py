@@ -43,7 +43,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from common import append_section, interleaved, machine_info, markdown_table, set_threads  # noqa: E402
+from common import append_section, command_line, interleaved, machine_info, markdown_table, set_threads  # noqa: E402
 from looplm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from looplm.evaluate.items import answer_budget, format_prompt, load_items  # noqa: E402
 from looplm.evaluate.run import EvalConfig, run_eval  # noqa: E402
@@ -69,6 +69,14 @@ def pick_model(ckpt: str | None, tmp: Path, random_init: bool) -> tuple[Path, st
                            train_default_tokenizer(vocab_size=2048, seed=0), meta={"stage": "random-init"})
     why = "--random-init" if random_init else "no trained DFS model found"
     return path, f"random-init `tiny` ({why}), budget = median trace length"
+
+
+def adaptive_exit(meta: dict, ckpt: Path) -> dict:
+    """The calibrated AdaExit settings stored by `looplm calibrate-halt` in the checkpoint's meta."""
+    if meta.get("halt_threshold") is None:
+        raise SystemExit(f"--adaptive: {ckpt} has no calibrated halt_threshold in meta.json (run `looplm "
+                         f"calibrate-halt` on it, or pass --ckpt runs/bench/tiny-dfs-halt)")
+    return {"halt_threshold": float(meta["halt_threshold"]), "min_steps": int(meta.get("halt_min_steps", 1))}
 
 
 def decode_split(model, prompts: list[list[int]], steps: int, n: int = 12) -> dict[str, float]:
@@ -130,21 +138,25 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32, help="default 32")
     ap.add_argument("--rounds", type=int, default=2, help="timed rounds (default 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--adaptive", action="store_true",
+                    help="decode with the checkpoint's calibrated AdaExit threshold and minimum steps (from "
+                         "`looplm calibrate-halt`, in its meta.json) instead of fixed depth R")
     ap.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args()
     set_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, what = pick_model(args.ckpt, Path(tmp), args.random_init)
-        model, tok, _ = load_checkpoint(ckpt)
+        model, tok, meta = load_checkpoint(ckpt)
+        halt = adaptive_exit(meta, ckpt) if args.adaptive else {"halt_threshold": None, "min_steps": 1}
         exs = load_items("dfs-verbal", args.n, seed=0).examples
         lengths = sorted(len(tok.encode(e.answer)) + 1 for e in exs)
         trained = "random" not in what
         budget = answer_budget(tok, exs) if trained else int(statistics.median(lengths))
         cfg = EvalConfig(ckpt=str(ckpt), tasks=("dfs-verbal",), n=args.n, batch_size=args.batch_size,
-                         max_new_tokens=budget, progress=False, print_table=False, write=False)
+                         max_new_tokens=budget, progress=False, print_table=False, write=False, **halt)
         prompts = sorted((format_prompt(tok, e, "chat")[1] for e in exs), key=len)
         batches = [prompts[i:i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
-        gcfg = GenerationConfig(max_new_tokens=budget, stop_tokens=(tok.eos_id,), pad_id=tok.pad_id)
+        gcfg = GenerationConfig(max_new_tokens=budget, stop_tokens=(tok.eos_id,), pad_id=tok.pad_id, **halt)
         last: dict = {}
 
         def evaluate():
@@ -163,6 +175,9 @@ def main() -> int:
     rows = [
         ["model", what],
         ["items, batch, steps R, max_new_tokens", f"{args.n}, {args.batch_size}, {model.config.recurrence}, {budget}"],
+        ["depth", "fixed R" if halt["halt_threshold"] is None else
+         f"AdaExit (calibrated tau {halt['halt_threshold']}, min steps {halt['min_steps']}); mean core steps "
+         f"{m['exit_steps_mean']:.2f}"],
         ["reference trace tokens (median / max)", f"{statistics.median(lengths):.0f} / {max(lengths)}"],
         ["new tokens per problem (mean); share stopped at EOS",
          f"{m['new_tokens_mean']:.1f}; {100 * m['finished_rate']:.0f}%"],
@@ -184,7 +199,8 @@ def main() -> int:
     table = markdown_table(["measurement", "value"], rows)
     print(table)
     if not args.no_results:
-        append_section("bench_eval: eval throughput (tiny, verbal DFS, batch 32)", table, machine_info())
+        title = "bench_eval: eval throughput (tiny, verbal DFS, batch 32" + (", AdaExit)" if args.adaptive else ")")
+        append_section(title, table, machine_info(), command_line())
     return 0
 
 

@@ -67,6 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="extra ModelConfig overrides of the tiny preset (repeatable)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", help="working directory (default: a temporary one)")
+    ap.add_argument("--eval-only", action="store_true", help="skip training: score the finished run in --work "
+                                                              "(same options as the run that trained it)")
     ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/RESULTS.md")
     return ap.parse_args(argv)
 
@@ -156,15 +158,10 @@ def curve(out: Path, points: int = 10) -> list[list[object]]:
     return sorted(rows, key=lambda r: r[0])
 
 
-def main(argv=None) -> int:
+def train_run(args, nodes: tuple[int, ...], work: Path, out: Path) -> tuple[list[str], dict, float]:
+    """Build the data, probe the update time and train under the budget: (model overrides, summary, minutes)."""
     from looplm.train.pretrain import PretrainConfig, train
 
-    args = parse_args(argv)
-    set_threads(args.threads)
-    nodes = tuple(int(x) for x in args.nodes.split(","))
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_clrs_"))
-    work.mkdir(parents=True, exist_ok=True)
-    info = machine_info()
     t0 = time.perf_counter()
     data, vocab = build_data(work, nodes, args.tokens, args.seed)
     model_sets = [f"vocab_size={-(-vocab // 64) * 64}", *args.overrides]
@@ -174,7 +171,6 @@ def main(argv=None) -> int:
     steps = max(args.warmup + 10, int(2 * 60 * args.minutes / per_update))
     print(f"probe: {per_update:.2f} s/update at depth {round(args.mean_steps + 1)} -> --steps {steps} (the time "
           f"budget ends training first)", flush=True)
-    out = work / "run"
     cfg = PretrainConfig(data=str(data), out=str(out), preset="tiny", model_overrides=model_sets, steps=steps,
                          batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, warmup=args.warmup,
                          mean_steps=args.mean_steps, bptt_steps=args.bptt_steps, eval_every=args.eval_every,
@@ -182,19 +178,41 @@ def main(argv=None) -> int:
                          seed=args.seed, threads=args.threads, max_minutes=args.minutes, log_every=25, progress=False)
     t_train = time.perf_counter()
     summary = train(cfg)
-    train_min = (time.perf_counter() - t_train) / 60
     if summary["exit_code"] != 0:
         raise SystemExit(f"training stopped with exit code {summary['exit_code']}")
+    return model_sets, summary, (time.perf_counter() - t_train) / 60
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    set_threads(args.threads)
+    nodes = tuple(int(x) for x in args.nodes.split(","))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_clrs_"))
+    work.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    out = work / "run"
+    if args.eval_only:
+        if not (out / "final").is_dir():
+            raise SystemExit(f"--eval-only: no finished run at {out / 'final'} (train first, with the same --work)")
+        run_cfg = json.loads((out / "run_config.json").read_text())
+        model_sets, train_threads = run_cfg.get("model_overrides", []), run_cfg.get("threads")
+        summary, train_min = None, None
+    else:
+        model_sets, summary, train_min = train_run(args, nodes, work, out)
+        train_threads = args.threads
     res = evaluate(out / "final", nodes, args.eval_graphs, args.eval_depth, args.eval_batch, args.seed)
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_recs = [r for r in recs if r["type"] == "train"]
+    if train_min is None:  # --eval-only: the loop's wall clock from its metrics
+        train_min = (train_recs[-1]["time"] - train_recs[0]["time"]) / 60
+        summary = {"step": train_recs[-1]["step"]}
     tok_s = sum(r["tokens_per_s"] for r in train_recs) / len(train_recs)
     by_nodes = ", ".join(f"n={n}: {100 * v:.0f}%" for n, v in sorted(res["by_nodes"].items()))
     lines = [markdown_table(["update", "minutes", "train loss (window mean)", "val loss"], curve(out)), "",
              f"config: tiny + {' '.join('--set ' + s for s in model_sets)}; batch {args.batch_size} x {args.seq_len}, "
              f"lr {args.lr} (warmup {args.warmup}, cosine), depth r̄ = {args.mean_steps} (σ 0.5), "
              f"bptt {args.bptt_steps}, "
-             f"{args.threads} thread(s)",
+             f"{train_threads} training thread(s)" + (" (scored with --eval-only)" if args.eval_only else ""),
              f"trained {summary['step']} updates ({train_recs[-1]['tokens']:,} tokens) in {train_min:.1f} min "
              f"(budget {args.minutes} min), mean {tok_s:.0f} tokens/s",
              f"held-out graphs: {res['graphs']} ({by_nodes}), greedy at depth {res['depth']}: exact final pi "

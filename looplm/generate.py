@@ -15,8 +15,9 @@ in one pass and then decodes one token per row per forward. Options:
   the next certain token. Output equals plain greedy token for token. Sequences are decoded one at a
   time in this mode (ragged acceptance would otherwise desynchronise the shared cache length).
 
-Simplification: finished rows keep being fed (a pad token) until the whole batch stops; their
-outputs are cut at the stop token.
+Finished rows leave the batch (their cache rows are dropped) once they are an eighth of it; until
+then they are fed a pad token and their outputs are cut at the stop token. Sampling draws from one
+generator for the whole batch, so a seeded sampled row depends on its batch companions.
 """
 
 from __future__ import annotations
@@ -166,48 +167,67 @@ def _row(on_tokens, i):
     return None if on_tokens is None else (lambda row, ids: on_tokens(i, ids))
 
 
+def _worth_dropping(done: list[bool]) -> bool:
+    """Drop finished rows once they are at least an eighth of the batch (each drop copies the cache)."""
+    n_done = sum(done)
+    return n_done > 0 and 8 * n_done >= len(done)
+
+
 def _decode(model, prompts, cfg, on_tokens=None) -> GenerationOutput:
+    """Prefill, then one token per row per forward; per-token bookkeeping in Python lists (one tensor
+    read per token), since single-token decoding is dispatch-bound."""
     device = model.embed.weight.device
     steps = cfg.steps or model.config.recurrence
     B = len(prompts)
     gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.seed is not None else None
     ids, mask, pos = _left_pad(prompts, cfg.pad_id, device)
-    stops = torch.tensor(sorted(set(cfg.stop_tokens)) or [-1], device=device)
+    stop_set = set(cfg.stop_tokens)
     tokens: list[list[int]] = [[] for _ in range(B)]
     exits: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    done = [False] * B
     passes = 0
     tbl = _with_table(model, steps)
     if cfg.use_cache:
         cache = model.new_cache(B, ids.shape[1] + cfg.max_new_tokens, steps)
         out = _forward(model, ids, cfg, steps, cache=cache, attention_mask=mask, position_ids=pos, last_only=True,
                        **tbl)
-    else:
-        out = _forward(model, ids, cfg, steps, attention_mask=mask, position_ids=pos, **tbl)
+    else:  # the reference: the whole sequence again for every token (only the last position's logits)
+        out = _forward(model, ids, cfg, steps, attention_mask=mask, position_ids=pos, last_only=True, **tbl)
     passes += 1
+    pos = pos[:, -1:]  # [b, 1] position of each row's last token
+    rows = list(range(B))  # the prompt index of each row still in the batch
     for step in range(cfg.max_new_tokens):
-        nxt = sample(out.logits[:, -1], cfg.temperature, cfg.top_k, cfg.top_p, gen)  # [B]
-        ex = _exit_of(out, steps)
-        for i in range(B):
-            if not done[i]:
-                tokens[i].append(int(nxt[i]))
-                exits[i].append(int(ex[i]))
+        nxt = sample(out.logits[:, -1], cfg.temperature, cfg.top_k, cfg.top_p, gen).tolist()  # b ids
+        ex = [steps] * len(rows) if out.exit_steps is None else out.exit_steps[:, -1].tolist()
+        for j, i in enumerate(rows):
+            if not done[j]:
+                tokens[i].append(nxt[j])
+                exits[i].append(ex[j])
                 if on_tokens is not None:
-                    on_tokens(i, [int(nxt[i])])
-        done = done | torch.isin(nxt, stops)
-        if bool(done.all()) or step == cfg.max_new_tokens - 1:
+                    on_tokens(i, [nxt[j]])
+                done[j] = nxt[j] in stop_set
+        if all(done) or step == cfg.max_new_tokens - 1:
             break
-        nxt = torch.where(done, torch.full_like(nxt, cfg.pad_id), nxt)[:, None]  # [B, 1]
-        pos = pos[:, -1:] + 1
+        if _worth_dropping(done):  # finished rows leave the batch: later forwards are smaller
+            live = [j for j, d in enumerate(done) if not d]
+            keep = torch.tensor(live, device=device)
+            rows, nxt, done = [rows[j] for j in live], [nxt[j] for j in live], [False] * len(live)
+            pos = pos[keep]
+            if cfg.use_cache:
+                cache.keep_rows(keep)
+            else:
+                ids, mask = ids[keep], mask[keep]
+        feed = torch.tensor([[cfg.pad_id if d else t] for t, d in zip(nxt, done)], device=device)  # [b, 1]
+        pos = pos + 1
         if cfg.use_cache:
-            out = _forward(model, nxt, cfg, steps, cache=cache, position_ids=pos, **tbl)
+            out = _forward(model, feed, cfg, steps, cache=cache, position_ids=pos, **tbl)
         else:
-            ids = torch.cat([ids, nxt], dim=1)
-            mask = torch.cat([mask, torch.ones_like(nxt, dtype=torch.bool)], dim=1)
+            ids = torch.cat([ids, feed], dim=1)
+            mask = torch.cat([mask, torch.ones_like(feed, dtype=torch.bool)], dim=1)
             full_pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            out = _forward(model, ids, cfg, steps, attention_mask=mask, position_ids=full_pos, **tbl)
+            out = _forward(model, ids, cfg, steps, attention_mask=mask, position_ids=full_pos, last_only=True, **tbl)
         passes += 1
-    finished = [bool(t) and t[-1] in set(cfg.stop_tokens) for t in tokens]
+    finished = [bool(t) and t[-1] in stop_set for t in tokens]
     return GenerationOutput(tokens=tokens, exit_steps=exits, finished=finished, forward_passes=passes)
 
 

@@ -118,6 +118,26 @@ def test_stop_tokens_end_rows():
     assert spec.tokens == out.tokens
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_finished_rows_leave_the_batch_without_changing_the_others(mode, monkeypatch):
+    m = make(mode, mixed_halt=True)
+    kw = dict(max_new_tokens=14, steps=6, halt_threshold=0.6, min_steps=2)
+    free = [generate(m, [p], GenerationConfig(**kw)).tokens[0] for p in PROMPTS]
+    stops = (free[0][2], free[2][6])  # rows 0 and 2 stop early (others may too): several drops
+    cfg = GenerationConfig(**kw, stop_tokens=stops)
+    alone = [generate(m, [p], cfg) for p in PROMPTS]
+    kept = []
+    real_keep = type(m.new_cache(1, 4)).keep_rows
+    monkeypatch.setattr(type(m.new_cache(1, 4)), "keep_rows",
+                        lambda self, rows: (kept.append(rows.tolist()), real_keep(self, rows))[1])
+    for use_cache in (True, False):
+        out = generate(m, PROMPTS, GenerationConfig(**{**cfg.__dict__, "use_cache": use_cache}))
+        assert out.tokens == [a.tokens[0] for a in alone]
+        assert out.exit_steps == [a.exit_steps[0] for a in alone]
+        assert out.finished == [a.finished[0] for a in alone]
+    assert kept and all(len(k) < len(PROMPTS) for k in kept)  # the cached run really shrank its batch
+
+
 def test_sampling_is_seeded_and_filters():
     m = make()
     cfg = GenerationConfig(max_new_tokens=8, steps=2, temperature=1.0, top_k=20, top_p=0.9, seed=3)

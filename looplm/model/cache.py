@@ -10,7 +10,7 @@ Core layouts (per core block, E = kv_latent_dim + rope_dim):
 - per_step: `[B, S, L, E]`, one latent per step; a token that exited early lends its last computed
   latent to every later step (filled in by `fill_lent`).
 
-Simplification: one batch size for the cache's whole life; to shrink a batch, build a new cache.
+A batch shrinks with `keep_rows(rows)` (decoding drops the rows that have finished).
 """
 
 from __future__ import annotations
@@ -62,6 +62,17 @@ class ModelCache:
         if not 0 <= n <= self.pos:
             raise ValueError(f"cannot truncate a cache of length {self.pos} to {n}")
         self.pos = n
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only batch rows `rows` (a 1-D index tensor, in that order), e.g. the unfinished ones."""
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, rows)
+
+        self.prelude = [(take(k), take(v)) for k, v in self.prelude]
+        self.coda = [(take(k), take(v)) for k, v in self.coda]
+        self.core = [take(c) for c in self.core]
+        self.valid = take(self.valid)
+        self.batch = int(rows.numel())
 
     def nbytes(self) -> int:
         tensors = [t for kv in self.prelude + self.coda for t in kv] + list(self.core)

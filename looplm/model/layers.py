@@ -27,12 +27,16 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        # written out: on CPU fewer dispatched ops than F.rms_norm (whose fused kernel also refuses a bf16
+        # input with a float32 weight, as under autocast); statistics in float32 for low-precision inputs
+        if x.dtype in (torch.float32, torch.float64):
+            return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.weight
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
 
 
 def rms(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Weightless RMS normalisation over the last dimension (written out: on CPU it is fewer
-    dispatched ops than F.rms_norm for the small tensors of decoding)."""
+    """Weightless RMS normalisation over the last dimension (written out, like RMSNorm.forward)."""
     return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
 
 
@@ -94,18 +98,18 @@ class GQAttention(nn.Module):
         self.wqkv = nn.Linear(d, (self.n_heads + 2 * self.n_kv) * self.hd, bias=False)  # [Wq ; Wk ; Wv]
         self.wo = nn.Linear(self.n_heads * self.hd, d, bias=False)
 
-    def forward(self, x, rope, mask, kv=None, pos: int = 0):
-        B, T, _ = x.shape
+    def forward(self, x, rope, mask, bt, kv=None, pos: int = 0):
+        B, T = bt  # x [B*T, d] rows
         qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv, self.hd).transpose(1, 2)  # [B, H+2Hkv, T, hd]
-        qk, v = qkv.split([self.n_heads + self.n_kv, self.n_kv], dim=1)
-        q, k = apply_rope(qk, *rope).split([self.n_heads, self.n_kv], dim=1)  # [B, H, T, hd], [B, Hkv, T, hd]
+        qk, v = qkv.split_with_sizes([self.n_heads + self.n_kv, self.n_kv], dim=1)
+        q, k = apply_rope(qk, *rope).split_with_sizes([self.n_heads, self.n_kv], dim=1)  # [B, H, T, hd], [B, Hkv, T, hd]
         if kv is not None:  # write into the layer's cache buffers, then read everything so far
             kbuf, vbuf = kv
             kbuf[:, :, pos:pos + T] = k
             vbuf[:, :, pos:pos + T] = v
             k, v = kbuf[:, :, :pos + T], vbuf[:, :, :pos + T]
         y = attend(q, k, v, mask)  # [B, H, T, hd]
-        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+        return self.wo(y.transpose(1, 2).reshape(B * T, self.n_heads * self.hd))  # [B*T, d]
 
 
 class Block(nn.Module):
@@ -119,8 +123,10 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
 
     def forward(self, x, rope, mask, kv=None, pos: int = 0):
-        x = x + self.attn(self.attn_norm(x), rope, mask, kv, pos)
-        return x + self.mlp(self.mlp_norm(x))
+        B, T, d = x.shape
+        x = x.reshape(B * T, d)  # rows [N, d]: 2-D matmuls dispatch the fewest ops (decoding is dispatch-bound)
+        x = x + self.attn(self.attn_norm(x), rope, mask, (B, T), kv, pos)
+        return (x + self.mlp(self.mlp_norm(x))).view(B, T, d)
 
 
 def sinusoidal(t, dim: int, device=None) -> torch.Tensor:

@@ -26,6 +26,17 @@ from looplm.model.layers import RMSNorm, apply_rope, attend
 from looplm.model.modulation import ModulatedLinear, NormedInputModulatedLinear, StepModulatedLinear
 
 
+def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, i] @ w [H, i, o] -> [B, H, T, o] with batch and time folded into one matmul per head.
+
+    `x @ w` would broadcast w to [B, H, i, o] (a copy of the weights per row: 4x slower at B = 8,
+    T = 256, and the main cost of batched decoding); einsum runs H matmuls of [B·T, i] @ [i, o].
+    One token of one row (batch-1 decoding) is a single bmm, [H, 1, i] @ [H, i, o]."""
+    if x.shape[0] * x.shape[2] == 1:
+        return torch.bmm(x[0], w)[None]
+    return torch.einsum("bhti,hio->bhto", x, w)
+
+
 class CartMLA(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -46,14 +57,13 @@ class CartMLA(nn.Module):
         kr = apply_rope(self.w_kr(h).unsqueeze(1), *rope).squeeze(1)  # [B, T, dr]
         return torch.cat([self.w_dkv(h), kr], dim=-1)
 
-    def forward(self, x, terms, t, lat, rope, mask):
-        # x [B, T, d] (normed), lat [B, L, lat + dr] (every visible key), rope for the T queries;
-        # terms: the step table's per-module step terms (see RecurrentCore.step_table)
-        B, T, _ = x.shape
+    def forward(self, x, terms, t, lat, rope, mask, bt):
+        # x [B*T, d] (normed rows), bt = (B, T); lat [B, L, lat + dr] (every visible key), rope for the
+        # T queries; terms: the step table's per-module step terms (see RecurrentCore.step_table)
+        B, T = bt
         q = self.w_q(x, terms[self.w_q][t]).view(B, T, self.H, self.dn + self.dr).transpose(1, 2)  # [B, H, T, dn+dr]
-        q_nope, q_rope = q.split([self.dn, self.dr], dim=-1)
-        w_uk = terms[self.w_uk][t].view(self.H, self.dn, self.lat)
-        q_lat = q_nope @ w_uk  # [B, H, T, dn] @ [H, dn, lat] -> [B, H, T, lat]
+        q_nope, q_rope = q.split_with_sizes([self.dn, self.dr], dim=-1)
+        q_lat = per_head(q_nope, terms[self.w_uk][t])  # [B, H, T, dn] @ [H, dn, lat] -> [B, H, T, lat]
         query = torch.cat([q_lat, apply_rope(q_rope, *rope)], dim=-1)  # [B, H, T, lat + dr]
         if T == 1 and mask is not None:  # decoding one token per row: MQA as two bmm's (fewer ops than SDPA)
             q2 = query.reshape(B, self.H, -1)
@@ -64,12 +74,20 @@ class CartMLA(nn.Module):
         else:  # keys double as values (one shared KV head): equal q/k/v widths let SDPA use its fused kernel;
             kv = lat.unsqueeze(1)  # [B, 1, L, lat + dr]; the RoPE part of the output is dropped
             o = attend(query, kv, kv, mask, scale=self.scale)[..., : self.lat]  # [B, H, T, lat]
-        w_uv_t = terms[self.w_uv][t].view(self.H, self.dn, self.lat).transpose(1, 2)  # [H, lat, dn]
-        o = (o @ w_uv_t).transpose(1, 2).reshape(B, T, self.H * self.dn)  # [B, H, T, dn] -> [B, T, H*dn]
+        o = per_head(o, terms[self.w_uv][t]).transpose(1, 2).reshape(B * T, self.H * self.dn)  # [B, H, T, dn] -> [B*T, H*dn]
         return self.w_o(o, terms[self.w_o][t])
 
     def modulated(self):
         return [self.w_q, self.w_uk, self.w_uv, self.w_o]
+
+    def step_terms(self, vec: torch.Tensor) -> dict:
+        """Step terms of the four modulated projections for steps vec [S, d], in the shapes forward uses:
+        W_UK(t) as [H, dn, lat] and W_UV(t)ᵀ as [H, lat, dn] per step."""
+        shape = (vec.shape[0], self.H, self.dn, self.lat)
+        return {self.w_q: self.w_q.step_terms(vec).unbind(0),
+                self.w_uk: self.w_uk.step_terms(vec).view(shape).unbind(0),
+                self.w_uv: self.w_uv.step_terms(vec).view(shape).transpose(2, 3).unbind(0),
+                self.w_o: self.w_o.step_terms(vec).unbind(0)}
 
 
 def _take(x: torch.Tensor, rows):

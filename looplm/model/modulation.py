@@ -13,7 +13,9 @@ optional "re-initialise after warm-up" of MODEL.md).
 Speed: the step-only part `G_e · step_emb(t)` (and a StepModulatedLinear's whole weight) is computed
 for all steps at once by `step_terms` (see `RecurrentCore.step_table`). In `ModulatedLinear`, W, Vᵀ
 and G_x live in one parameter `fused = [W ; Vᵀ ; G_x]` so a single matmul gives W x, Vᵀ x and G_x x
-(G_x · rms(x) = (G_x · x) / rms-scale(x)); a second, rank-r matmul applies U.
+(G_x · rms(x) = (G_x · x) / rms-scale(x)); a second, rank-r matmul applies U and adds W x (addmm).
+Inputs are taken as rows [N, d_in] (other shapes are flattened and restored): on CPU a 2-D matmul
+dispatches half the ops of a batched one, and decoding is dispatch-bound.
 
 Simplification: U and V are ordinary trainable parameters after init (not re-orthogonalised).
 """
@@ -67,12 +69,14 @@ class ModulatedLinear(nn.Module):
         return self.g_step(step_vecs)
 
     def forward(self, x: torch.Tensor, step_term: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:  # [..., d_in]: as rows [N, d_in] (2-D matmuls dispatch the fewest ops)
+            return self.forward(x.reshape(-1, x.shape[-1]), step_term).view(*x.shape[:-1], self.d_out)
         if not self.rank:
             return F.linear(x, self.fused)
-        y, vx, gx = F.linear(x, self.fused).split([self.d_out, self.rank, self.rank], dim=-1)
+        y, vx, gx = F.linear(x, self.fused).split_with_sizes([self.d_out, self.rank, self.rank], dim=-1)
         inv_rms = torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps)
-        g = torch.tanh(torch.addcmul(step_term, gx, inv_rms))  # step_term + G_x rms(x), [..., r]
-        return y + F.linear(g * vx, self.U)
+        g = torch.tanh(torch.addcmul(step_term, gx, inv_rms))  # step_term + G_x rms(x), [N, r]
+        return torch.addmm(y, g * vx, self.U.t())  # y + U (g ⊙ Vᵀx)
 
 
 class NormedInputModulatedLinear(ModulatedLinear):
@@ -82,10 +86,12 @@ class NormedInputModulatedLinear(ModulatedLinear):
     per-token RMS of the input for the query and MLP-input projections of the core blocks."""
 
     def forward(self, x: torch.Tensor, step_term: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 2:
+            return self.forward(x.reshape(-1, x.shape[-1]), step_term).view(*x.shape[:-1], self.d_out)
         if not self.rank:
             return F.linear(x, self.fused)
-        y, vx, gx = F.linear(x, self.fused).split([self.d_out, self.rank, self.rank], dim=-1)
-        return y + F.linear(torch.tanh(step_term + gx) * vx, self.U)
+        y, vx, gx = F.linear(x, self.fused).split_with_sizes([self.d_out, self.rank, self.rank], dim=-1)
+        return torch.addmm(y, torch.tanh(step_term + gx) * vx, self.U.t())
 
 
 class StepModulatedLinear(nn.Module):

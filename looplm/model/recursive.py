@@ -52,7 +52,7 @@ class StepTable:
 
     vec: list[torch.Tensor]  # step_emb(t), S x [d]
     alpha: list[torch.Tensor]  # depth gate, S x [d]
-    terms: dict  # modulated module -> S x [r] step terms, or S x [out, in] effective weights
+    terms: dict  # modulated module -> S x [r] step terms, or S x effective weights (see CartMLA.step_terms)
 
 
 class ModulatedSwiGLU(nn.Module):
@@ -81,8 +81,11 @@ class CoreBlock(nn.Module):
         self.mlp = ModulatedSwiGLU(cfg)
 
     def forward(self, z, terms, t, lat, rope, mask):
-        z = z + self.attn(self.attn_norm(z), terms, t, lat, rope, mask)
-        return z + self.mlp(self.mlp_norm(z), terms, t)
+        B, T, d = z.shape
+        z = z.reshape(B * T, d)  # rows [N, d]: the block's linears run as 2-D matmuls
+        z = z + self.attn(self.attn_norm(z), terms, t, lat, rope, mask, (B, T))
+        z = z + self.mlp(self.mlp_norm(z), terms, t)
+        return z.view(B, T, d)
 
 
 class StepEmbedding(nn.Module):
@@ -117,7 +120,11 @@ class RecurrentCore(nn.Module):
     def step_table(self, steps: int) -> StepTable:
         vec = self.step_emb(range(steps))  # [S, d]
         alpha = torch.sigmoid(self.cfg.depth_gate_scale * (self.gate_bias + self.gate_proj(vec)))
-        return StepTable(vec.unbind(0), alpha.unbind(0), {m: m.step_terms(vec).unbind(0) for m in self.modulated()})
+        terms = {}
+        for blk in self.blocks:
+            terms.update(blk.attn.step_terms(vec))
+            terms.update({m: m.step_terms(vec).unbind(0) for m in blk.mlp.modulated()})
+        return StepTable(vec.unbind(0), alpha.unbind(0), terms)
 
     def inject(self, e: torch.Tensor) -> torch.Tensor:
         """The e-half of the adapter, W_e e: constant across steps, so computed once per call."""
@@ -313,10 +320,12 @@ class RecursiveCausalLM(nn.Module):
         """None: causal over the T tokens (no cache, no padding); "none": one token, unpadded cache;
         else a bool [B, 1, T, pos + T] mask of visible keys (causal, no pads, a token always sees itself)."""
         if cache is not None:
-            new_valid = torch.ones(B, T, dtype=torch.bool, device=device) if attention_mask is None \
-                else attention_mask.to(torch.bool)
-            cache.valid[:, pos:pos + T] = new_valid
-            cache.has_padding = cache.has_padding or not bool(new_valid.all())
+            if attention_mask is None:  # every new token is real (the common decoding case: no checks)
+                cache.valid[:, pos:pos + T] = True
+            else:
+                new_valid = attention_mask.to(torch.bool)
+                cache.valid[:, pos:pos + T] = new_valid
+                cache.has_padding = cache.has_padding or not bool(new_valid.all())
             if not cache.has_padding:
                 if T == 1:
                     return "none"
