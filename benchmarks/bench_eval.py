@@ -159,8 +159,11 @@ def main() -> int:
         gcfg = GenerationConfig(max_new_tokens=budget, stop_tokens=(tok.eos_id,), pad_id=tok.pad_id, **halt)
         last: dict = {}
 
+        loop_seconds: list[float] = []
+
         def evaluate():
             last["eval"] = run_eval(cfg)
+            loop_seconds.append(last["eval"]["runs"][0]["time"]["total"])
 
         def bare():
             last["bare"] = [generate(model, b, gcfg) for b in batches]
@@ -171,6 +174,7 @@ def main() -> int:
     run = last["eval"]["runs"][0]
     m, tm = run["metrics"], run["time"]
     eval_rate, bare_rate = args.n / t["eval"].median, args.n / t["generate only"].median
+    loop_rate = args.n / statistics.median(loop_seconds[1:])  # the first call is the warm-up
     new_tok = sum(o.new_tokens for o in last["bare"]) / args.n
     rows = [
         ["model", what],
@@ -182,7 +186,8 @@ def main() -> int:
         ["new tokens per problem (mean); share stopped at EOS",
          f"{m['new_tokens_mean']:.1f}; {100 * m['finished_rate']:.0f}%"],
         ["accuracy (exact visit order)", f"{100 * m['score']:.1f}%"],
-        ["**eval problems/s** (run_eval's loop: tokenise + generate + score)", f"**{args.n / tm['total']:.1f}**"],
+        ["**eval problems/s** (run_eval's loop: tokenise + generate + score; median of the timed rounds)",
+         f"**{loop_rate:.1f}** (rounds: {', '.join(f'{args.n / x:.1f}' for x in loop_seconds[1:])})"],
         ["eval problems/s end to end (incl. checkpoint load, item generation)", f"{eval_rate:.1f}"],
         ["generate-only problems/s (baseline, same batches)", f"{bare_rate:.1f}"],
         ["eval time split: tokenise / generate / score",
@@ -194,7 +199,7 @@ def main() -> int:
         ["one generate call: prefill share of wall time", f"{prof['prefill']:.0f}%"],
         ["one generate call, op time: attention (SDPA) / of it masked math path / matmuls / other",
          f"{prof['sdpa']:.0f}% / {prof['sdpa_math']:.0f}% / {prof['matmul']:.0f}% / {prof['other']:.0f}%"],
-        [f"target >= {TARGET:.0f} problems/s (eval loop)", "MET" if args.n / tm["total"] >= TARGET else "NOT MET"],
+        [f"target >= {TARGET:.0f} problems/s (eval loop)", "MET" if loop_rate >= TARGET else "NOT MET"],
     ]
     table = markdown_table(["measurement", "value"], rows)
     print(table)

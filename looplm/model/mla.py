@@ -109,7 +109,7 @@ class AnchoredLatents:
     def at_step(self, b: int, t: int, z, rope, rows, exited):
         return _take(self.lat[b], rows)
 
-    def finish(self, exit_steps) -> None:
+    def finish(self, exit_steps) -> None:  # the anchored cache does not depend on steps
         pass
 
 
@@ -137,12 +137,15 @@ class PerStepLatents:
         buf[rows, t, p:p + T] = new
         return buf[rows, t, :p + T]
 
-    def finish(self, exit_steps: torch.Tensor) -> None:
-        """Every step at or after a token's exit holds its last latent: exit_steps [B, T]."""
+    def finish(self, exit_steps: torch.Tensor | int) -> None:
+        """Every step at or after a token's exit holds its last latent: exit_steps [B, T] (or one int)."""
         if self.cache is None:
             return
         p, T = self.pos, self.T
         S = self.cache.n_steps
+        last = self.last[0]
+        if isinstance(exit_steps, int):
+            exit_steps = torch.full(last.shape[:2], exit_steps, dtype=torch.long, device=last.device)
         later = torch.arange(S, device=exit_steps.device)[None, :, None] >= exit_steps[:, None, :]  # [B, S, T]
         for b, buf in enumerate(self.cache.core):
             buf[:, :, p:p + T] = torch.where(later.unsqueeze(-1), self.last[b].unsqueeze(1), buf[:, :, p:p + T])

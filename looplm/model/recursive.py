@@ -231,8 +231,8 @@ class RecursiveCausalLM(nn.Module):
             x = blk(x, rope, mask, cache.prelude[i] if cache else None, pos)
         e = self.prelude_norm(x)
         s, states, halts, exit_steps = self.run_core(e, steps, self.rope_core(position_ids, x.dtype), mask, cache,
-                                                      pos, grad_steps, return_states, return_halt or halt_threshold
-                                                      is not None, init_noise, halt_threshold, min_steps, step_table)
+                                                      pos, grad_steps, return_states, return_halt, init_noise,
+                                                      halt_threshold, min_steps, step_table)
         x = s
         for i, blk in enumerate(self.coda):
             x = blk(x, rope, mask, cache.coda[i] if cache else None, pos)
@@ -247,7 +247,7 @@ class RecursiveCausalLM(nn.Module):
         drafts = [self.lm_head(h + F.silu(p(h) + b)) for p, b in zip(self.speculative_projs, self.speculative_biases)]
         return torch.stack(drafts, dim=-2)
 
-    def run_core(self, e, steps, rope, mask, cache, pos, grad_steps, return_states, want_halt, init_noise,
+    def run_core(self, e, steps, rope, mask, cache, pos, grad_steps, return_states, return_halt, init_noise,
                  halt_threshold, min_steps, step_table=None):
         B, T, d = e.shape
         core = self.core
@@ -264,7 +264,7 @@ class RecursiveCausalLM(nn.Module):
         halts = []
         adaptive = halt_threshold is not None
         exited = torch.zeros(B, T, dtype=torch.bool, device=e.device) if adaptive else None
-        exit_steps = torch.full((B, T), steps, dtype=torch.long, device=e.device)
+        exit_steps = torch.full((B, T), steps, dtype=torch.long, device=e.device) if adaptive else None
         rows = None
         for t in range(steps):
             with torch.set_grad_enabled(torch.is_grad_enabled() and t >= steps - k):
@@ -273,12 +273,12 @@ class RecursiveCausalLM(nn.Module):
                 s_in, ex = _sub(s, rows), _sub(exited, rows)
                 rope_rows = tuple(_sub(r, rows) for r in rope)
                 s_new = core.step(s_in, _sub(e_in, rows), t, tbl, lat_src, rope_rows, _sub(mask, rows), rows, ex)
-                lam = None
-                if want_halt:
-                    lam = core.halt_prob(s_new)
-                if adaptive:
+                can_exit = adaptive and t + 1 >= min_steps  # no token exits before min_steps
+                lam = core.halt_prob(s_new) if return_halt or can_exit else None
+                if adaptive and t >= min_steps:  # tokens that exited at an earlier step stay frozen
                     s_new = torch.where(ex.unsqueeze(-1), s_in, s_new)
-                    newly = (~ex) & (lam > halt_threshold) if t + 1 >= min_steps else torch.zeros_like(ex)
+                if can_exit:
+                    newly = (~ex) & (lam > halt_threshold)
                     if rows is None:
                         exited = exited | newly
                         exit_steps = torch.where(newly, t + 1, exit_steps)
@@ -286,19 +286,19 @@ class RecursiveCausalLM(nn.Module):
                         exited = exited.index_copy(0, rows, ex | newly)
                         exit_steps = exit_steps.index_copy(0, rows, torch.where(newly, t + 1, exit_steps[rows]))
                 s = s_new if rows is None else s.index_copy(0, rows, s_new)
-                if want_halt:
+                if return_halt:
                     full = lam if rows is None else torch.ones(B, T, dtype=lam.dtype, device=lam.device).index_copy(0, rows, lam)
                     halts.append(full)
                 if return_states:
                     states.append(s)
-                if adaptive:
+                if can_exit:
                     if bool(exited.all()):
                         break
                     live = (~exited).any(dim=1).nonzero().squeeze(1)
                     rows = None if live.numel() == B else live
-        lat_src.finish(exit_steps)
+        lat_src.finish(exit_steps if adaptive else steps)
         halt_probs = torch.stack(halts) if halts else None
-        return s, states, halt_probs, (exit_steps if adaptive else None)
+        return s, states, halt_probs, exit_steps
 
     # ------------------------------------------------------------------ helpers
     def _check(self, T, pos, steps, cache, halt_threshold, min_steps):
