@@ -47,7 +47,9 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 def add_config_args(parser: argparse.ArgumentParser, cls: type, required: tuple[str, ...] = ()) -> None:
     """Add one option per field of dataclass `cls`; names in `required` become required options."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    base = {f.name for b in cls.__mro__[1:] if dataclasses.is_dataclass(b) for f in dataclasses.fields(b)}
+    fields = dataclasses.fields(cls)  # the stage's own fields first, then those it shares with every stage
+    for f in [f for f in fields if f.name not in base] + [f for f in fields if f.name in base]:
         tp, optional = _base_type(hints[f.name])
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else (

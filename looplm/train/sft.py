@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from looplm.train.args import config_from_args, config_to_dict, need, need_str, opt_field, validate_stage
+from looplm.train.args import config_from_args, config_to_dict, need, need_str, opt_field
+from looplm.train.loop_config import RESUME_FREE as LOOP_RESUME_FREE
+from looplm.train.loop_config import LoopConfig
 from looplm.train.pretrain import EXIT_DIVERGED
 
 REPLAY_DOMAIN = "replay"
@@ -43,60 +45,26 @@ IGNORE = -100  # == looplm.train.common.IGNORE (kept torch-free here)
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(LoopConfig):
     data: str = opt_field("", "SFT JSONL file with rows {prompt, response, domain}", metavar="FILE.jsonl")
     init: str = opt_field("", "checkpoint (or run directory) to fine-tune", metavar="CKPT")
-    out: str = opt_field("", "run directory: step checkpoints, final/, metrics.jsonl", metavar="DIR")
     val_data: str | None = opt_field(None, "held-out JSONL in the same format: response loss per domain at "
-                                           "fixed depths",
-                              metavar="FILE.jsonl")
-    resume: bool = opt_field(False, "continue from the newest checkpoint in --out (weights, optimizer, step, RNG)")
+                                           "fixed depths", metavar="FILE.jsonl")
+    # the defaults that differ from pre-training
     steps: int = opt_field(500, "optimizer updates in total")
-    batch_size: int = opt_field(16, "examples per micro-batch, summed over all ranks (divisible by the world size)")
-    seq_len: int = opt_field(512, "longest example in tokens minus one (<= the model's max_seq_len); longer rows are "
-                           "an error")
-    grad_accum: int = opt_field(1, "micro-batches accumulated per update")
+    seq_len: int = opt_field(512, "longest example in tokens minus one (<= the model's max_seq_len); longer rows "
+                                  "are an error")
     lr: float = opt_field(1e-4, "peak learning rate")
-    min_lr_ratio: float = opt_field(0.1, "final learning rate as a fraction of --lr (cosine decay)")
     warmup: int = opt_field(20, "linear warmup updates")
     weight_decay: float = opt_field(0.0, "AdamW weight decay on matrices (vectors get none)")
-    beta1: float = opt_field(0.9, "AdamW beta1")
-    beta2: float = opt_field(0.95, "AdamW beta2")
-    grad_clip: float = opt_field(1.0, "clip the gradient 2-norm to this (0 = no clipping)")
     sample_depth: bool = opt_field(False, "sample the recurrence depth per update (as in pre-training) instead of "
-                                   "--fixed-depth")
-    fixed_depth: int | None = opt_field(None, "recurrence depth when not sampling (default: the model's recurrence)")
-    mean_steps: float | None = opt_field(None, "mean r̄ of the depth sampler (default: the model's recurrence)")
-    depth_sigma: float = opt_field(0.5, "sigma of the depth sampler's log-normal")
-    bptt_steps: int = opt_field(8, "back-propagate through the last k = min(n, bptt_steps) recurrence steps")
-    deep_fraction: float = opt_field(0.0, "with --sample-depth: share of updates with n ~ U[16, 32]")
+                                          "--fixed-depth")
     eval_every: int = opt_field(100, "evaluate on --val-data every N updates (and at the end; 0 = only at the end)")
     eval_batches: int = opt_field(4, "validation batches per domain")
-    eval_depths: tuple[int, ...] = opt_field((4, 8, 16), "fixed depths to evaluate at (those <= max_steps, plus the "
-                                                  "model's recurrence)")
     save_every: int = opt_field(250, "checkpoint every N updates (and at the end)")
-    keep: int = opt_field(3, "keep the newest K step checkpoints")
-    seed: int = opt_field(0, "seed of the example order and the depth sampler")
-    bf16: bool = opt_field(False, "bfloat16 autocast (CPU and GPU); fp16 is never used")
-    compile: bool = opt_field(False, "torch.compile the transformer blocks (caches under ~/.cache/looplm/compile)")
-    fsdp: bool = opt_field(False, "shard parameters, gradients and optimizer state with FSDP (multi-GPU; one unit)")
-    device: str = opt_field("auto", "cpu, cuda or auto")
-    threads: int | None = opt_field(None, "CPU threads per rank (default: OMP_NUM_THREADS, else cores / ranks)")
-    max_minutes: float | None = opt_field(None, "training time budget in minutes (summed over resumes): the cosine "
-                                                "schedule follows the budget when it runs ahead of the steps, and "
-                                                "reaching it ends training as --steps would")
-    max_bad_steps: int = opt_field(3, "stop after this many non-finite updates in a row (none is applied)")
-    log_every: int = opt_field(1, "print a line every N updates (metrics.jsonl gets every update)")
-    peak_flops: float | None = opt_field(None, "peak FLOP/s per rank for MFU (default: measured with a matmul)")
-    tensorboard: bool = opt_field(False, "also log to TensorBoard (DIR/tensorboard; needs the tensorboard package)")
-    wandb: bool = opt_field(False, "also log to Weights & Biases (needs the wandb package)")
-    progress: bool = opt_field(True, "show a tqdm progress bar when stdout is a terminal")
-
-    def __post_init__(self) -> None:
-        self.validate()
 
     def validate(self) -> None:
-        validate_stage(self)
+        super().validate()
         need_str(self, "data")
         need_str(self, "init")
         need_str(self, "val_data", optional=True)
@@ -104,9 +72,7 @@ class SFTConfig:
              "needs --sample-depth (a fixed depth has no deep updates)")
 
 
-RESUME_FREE = frozenset({"out", "resume", "init", "data", "val_data", "eval_every", "eval_batches", "eval_depths",
-                         "save_every", "keep", "threads", "log_every", "peak_flops", "compile", "tensorboard",
-                         "wandb", "progress", "max_bad_steps", "device", "max_minutes"})
+RESUME_FREE = LOOP_RESUME_FREE | {"val_data"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
