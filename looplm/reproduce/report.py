@@ -304,7 +304,7 @@ def _times(ctx, manifest: dict) -> list[Block]:
     order = [p.name for p in phases(ctx.cfg)]
     recs = manifest.get("phases", {})
     rows = [[name, recs[name].get("status"), _fmt((recs[name].get("seconds") or 0) / 60)]
-            for name in order if name in recs]
+            for name in order if name in recs and name != "report"]  # the report is being written now
     total = sum((rec.get("seconds") or 0) for rec in manifest.get("phases", {}).values()) / 60
     return [("table", ["phase", "status", "minutes"], rows), ("p", f"Total: {total:.1f} minutes.")]
 
