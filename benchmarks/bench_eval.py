@@ -46,7 +46,7 @@ import torch  # noqa: E402
 from common import append_section, command_line, interleaved, machine_info, markdown_table, set_threads  # noqa: E402
 from looplm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from looplm.evaluate.items import answer_budget, format_prompt, load_items  # noqa: E402
-from looplm.evaluate.run import EvalConfig, run_eval  # noqa: E402
+from looplm.evaluate.run import EvalConfig, calibrated_exit, run_eval  # noqa: E402
 from looplm.generate import GenerationConfig, generate  # noqa: E402
 
 TARGET = 50.0
@@ -69,14 +69,6 @@ def pick_model(ckpt: str | None, tmp: Path, random_init: bool) -> tuple[Path, st
                            train_default_tokenizer(vocab_size=2048, seed=0), meta={"stage": "random-init"})
     why = "--random-init" if random_init else "no trained DFS model found"
     return path, f"random-init `tiny` ({why}), budget = median trace length"
-
-
-def adaptive_exit(meta: dict, ckpt: Path) -> dict:
-    """The calibrated AdaExit settings stored by `looplm calibrate-halt` in the checkpoint's meta."""
-    if meta.get("halt_threshold") is None:
-        raise SystemExit(f"--adaptive: {ckpt} has no calibrated halt_threshold in meta.json (run `looplm "
-                         f"calibrate-halt` on it, or pass --ckpt runs/bench/tiny-dfs-halt)")
-    return {"halt_threshold": float(meta["halt_threshold"]), "min_steps": int(meta.get("halt_min_steps", 1))}
 
 
 def decode_split(model, prompts: list[list[int]], steps: int, n: int = 12) -> dict[str, float]:
@@ -146,8 +138,8 @@ def main() -> int:
     set_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, what = pick_model(args.ckpt, Path(tmp), args.random_init)
-        model, tok, meta = load_checkpoint(ckpt)
-        halt = adaptive_exit(meta, ckpt) if args.adaptive else {"halt_threshold": None, "min_steps": 1}
+        model, tok, _ = load_checkpoint(ckpt)
+        halt = calibrated_exit(ckpt) if args.adaptive else {"halt_threshold": None, "min_steps": 1}
         exs = load_items("dfs-verbal", args.n, seed=0).examples
         lengths = sorted(len(tok.encode(e.answer)) + 1 for e in exs)
         trained = "random" not in what

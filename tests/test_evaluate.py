@@ -170,6 +170,21 @@ def test_adaptive_exit_and_speculative_run(ckpt):
     assert all(1 <= e <= 4 for e in rec["exit_steps"]) and sum(rec["accept_counts"]) == rec["new_tokens"]
 
 
+def test_adaptive_uses_the_checkpoints_calibration(ckpt, tmp_path, cfg256, small_tokenizer):
+    from looplm.checkpoint import save_checkpoint
+    from looplm.model import RecursiveCausalLM
+
+    with pytest.raises(ConfigError, match=r"EvalConfig\.adaptive: .*no calibrated halt_threshold"):
+        run_eval(quick(ckpt, tasks=("arith",), adaptive=True, write=False))
+    calibrated = save_checkpoint(tmp_path / "halt", RecursiveCausalLM(cfg256), small_tokenizer,
+                                 meta={"stage": "calibrate-halt", "halt_threshold": 1e-6, "halt_min_steps": 2})
+    res = run_eval(quick(calibrated, tasks=("arith",), n=2, steps=3, adaptive=True, write=False))
+    assert (res["config"]["halt_threshold"], res["config"]["min_steps"]) == (1e-6, 2)
+    assert all(e == 2 for r in res["runs"][0]["records"] for e in r["exit_steps"])  # tiny tau: exit at min_steps
+    with pytest.raises(ConfigError, match="adaptive"):
+        quick(calibrated, adaptive=True, halt_threshold=0.5).validate()
+
+
 def test_cli_eval_writes_json(ckpt, tmp_path, capsys):
     rc = cli_main(["eval", "--ckpt", str(ckpt), "--tasks", "arith", "--n", "2", "--max-new-tokens", "3",
                    "--no-progress", "--out", str(tmp_path)])

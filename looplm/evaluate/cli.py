@@ -44,7 +44,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     depth = p.add_mutually_exclusive_group()
     depth.add_argument("--steps", type=int, metavar="S", help="recurrence steps (default: the model's R)")
     depth.add_argument("--steps-sweep", metavar="LIST", help="evaluate at each depth, e.g. 4,8,16,24,32")
-    p.add_argument("--halt-threshold", type=float, metavar="X", help="AdaExit threshold in (0, 1] (default: off)")
+    halt = p.add_mutually_exclusive_group()
+    halt.add_argument("--halt-threshold", type=float, metavar="X", help="AdaExit threshold in (0, 1] (default: off)")
+    halt.add_argument("--adaptive", action="store_true",
+                      help="AdaExit with the checkpoint's calibrated threshold and minimum steps (from `looplm "
+                           "calibrate-halt`); an error if it has none")
     p.add_argument("--min-steps", type=int, default=1, metavar="M", help="AdaExit: no exit before M steps (default: 1)")
     p.add_argument("--speculative", action="store_true", help="lossless speculative decoding (one prompt at a time)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B", help="prompts decoded together (default: 32)")
@@ -74,7 +78,8 @@ def eval_config(args: argparse.Namespace, ckpt: str, out: str | None) -> Any:
     tasks = tuple(t for t in args.tasks.split(",") if t.strip())
     sweep = _int_list(args.steps_sweep, "--steps-sweep") if args.steps_sweep else None
     return EvalConfig(ckpt=ckpt, tasks=tasks, n=args.n, steps=args.steps, steps_sweep=sweep,
-                      halt_threshold=args.halt_threshold, min_steps=args.min_steps, speculative=args.speculative,
+                      halt_threshold=args.halt_threshold, min_steps=args.min_steps, adaptive=args.adaptive,
+                      speculative=args.speculative,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, format=args.format,
                       gsm8k=args.gsm8k, alpaca=args.alpaca, exclude=tuple(args.exclude), out=out, seed=args.seed,
                       device=args.device, progress=not args.no_progress, plots=not args.no_plots)

@@ -41,6 +41,7 @@ class EvalConfig:
     steps_sweep: tuple[int, ...] | None = None  # evaluate at each of these depths instead of `steps`
     halt_threshold: float | None = None  # AdaExit threshold in (0, 1]; None = fixed depth
     min_steps: int = 1  # AdaExit: no exit before this step
+    adaptive: bool = False  # AdaExit with the checkpoint's calibration (`looplm calibrate-halt`'s meta.json)
     speculative: bool = False  # lossless speculative decoding (greedy; one sequence at a time)
     batch_size: int = 32  # prompts decoded together
     max_new_tokens: int | None = None  # None = per task, longest reference answer + items.ANSWER_SLACK
@@ -88,6 +89,8 @@ class EvalConfig:
             h = self.halt_threshold
             if isinstance(h, bool) or not isinstance(h, (int, float)) or not 0.0 < h <= 1.0:
                 raise bad("halt_threshold", "must be in (0, 1]")
+        if self.adaptive and self.halt_threshold is not None:
+            raise bad("adaptive", "give adaptive (the checkpoint's calibrated threshold) or halt_threshold, not both")
         if self.format not in FORMATS:
             raise bad("format", f"must be one of {', '.join(FORMATS)}")
         if "gsm8k" in tasks and not self.gsm8k:
@@ -120,6 +123,17 @@ def check_checkpoint_dir(ckpt: str | Path, purpose: str) -> Any:
     return load_config(root)
 
 
+def calibrated_exit(ckpt: str | Path) -> dict[str, Any]:
+    """The AdaExit threshold and minimum steps that `looplm calibrate-halt` stored in the checkpoint's meta."""
+    from looplm.checkpoint import verify_checkpoint
+
+    meta = verify_checkpoint(ckpt)
+    if meta.get("halt_threshold") is None:
+        raise ConfigError(f"EvalConfig.adaptive: {ckpt} has no calibrated halt_threshold in its meta.json; run "
+                          f"`looplm calibrate-halt --init {ckpt} ...` first, or pass --halt-threshold X")
+    return {"halt_threshold": float(meta["halt_threshold"]), "min_steps": int(meta.get("halt_min_steps", 1))}
+
+
 def _check_depths(depths: list[int], model_cfg: Any, cfg: EvalConfig) -> None:
     field = "steps_sweep" if cfg.steps_sweep else "steps"
     for s in depths:
@@ -148,6 +162,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
     cfg = cfg.validate()
     model_cfg = check_checkpoint_dir(cfg.ckpt, "eval")
+    if cfg.adaptive:
+        cfg = dataclasses.replace(cfg, **calibrated_exit(cfg.ckpt))  # recorded in eval.json
     depths = cfg.depths(model_cfg.recurrence)
     _check_depths(depths, model_cfg, cfg)
     items = load_all_items(cfg)
