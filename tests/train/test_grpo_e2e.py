@@ -1,6 +1,6 @@
 """End to end on CPU: short SFT, then seeded GRPO (`looplm.train.grpo.train`) raises held-out greedy pass@1.
 
-Setup (all seeded, one torch thread, ~1-2 minutes on a 2-core box):
+Setup (all seeded, one torch thread, three seeds, ~1.5 minutes on a 2-core box):
 - task: `arith` with 1-digit operands and `+` only (the 100 problems a + b, a, b in 0..9), split by a
   seeded shuffle into 70 training and 30 held-out problems; GRPO never sees the held-out ones (the
   trainer itself refuses overlapping prompt files);
@@ -15,11 +15,14 @@ Setup (all seeded, one torch thread, ~1-2 minutes on a 2-core box):
   (50x the report's 1e-6: at 1e-6 a 0.2M-parameter model does not move in 40 steps; at >= 1e-4
   Adam's first steps wreck this small model).
 
-The property: greedy pass@1 rises on the held-out problems and on the training problems (measured on
-this machine: held-out 0.17 -> 0.43, training 0.20 -> 0.64, in about 30 s). A GRPO whose update had
-the wrong sign, ignored the advantages or never reached the weights would leave pass@1 where it was
-or lower it. Also checked: the trainer's own end-of-run held-out eval (on its in-memory policy, the
-one that samples the rollouts) equals the same eval of the saved final checkpoint.
+The property: greedy pass@1, averaged over three seeds, rises on the held-out problems (by >= 0.1) and
+on the training problems (by >= 0.2). A single seed is not enough: one trajectory is chaotic, and a
+change that only moves gradients by float rounding (~1e-6 relative; the forward was bit-identical)
+turned seed 0 from held-out 0.37 -> 0.60 into 0.30 -> 0.27, while seeds 1-4 measured +0.23, +0.44,
+0.00 and +0.33. A GRPO whose update had the wrong sign, ignored the advantages or never reached the
+weights would leave the mean where it was or lower it. Also checked, per seed: the trainer's own
+end-of-run held-out eval (on its in-memory policy, the one that samples the rollouts) equals the same
+eval of the saved final checkpoint.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from looplm.train.sft import train as sft_train
 pytestmark = pytest.mark.slow
 
 R = 2  # recurrence steps for SFT, rollouts, loss and evaluation
+SEEDS = (0, 1, 2)  # one trajectory is chaotic (1e-6 gradient rounding changes its outcome): judge the mean
 
 
 def small_config(vocab_size: int):
@@ -82,44 +86,45 @@ def greedy_pass1(ckpt, rows: list[dict], cfg: G.GRPOConfig) -> float:
     return G.evaluate_pass(model, tok, rows, cfg, R)["pass@1"]
 
 
-def test_grpo_raises_held_out_pass_at_1_after_short_sft(tmp_path, train_tokenizer):
+def run_seed(seed: int, tmp_path, tok) -> dict:
+    """SFT then GRPO with every seed set to `seed`: pass@1 before/after, held-out and training, and checks."""
     t_start = time.perf_counter()
-    tok, _ = train_tokenizer
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     init = save_checkpoint(tmp_path / "init", RecursiveCausalLM(small_config(320)), tok)
     train, held = problems()
     sft_out = tmp_path / "sft"
     sft_train(SFTConfig(data=write_jsonl(tmp_path / "sft.jsonl", sft_rows(train)), init=str(init), out=str(sft_out),
                         steps=300, batch_size=16, seq_len=48, lr=3e-3, warmup=20, eval_every=0, save_every=10**6,
-                        keep=1, threads=1, peak_flops=1e10, progress=False, log_every=10**6, seed=0))
-    t_sft = time.perf_counter() - t_start
-
+                        keep=1, threads=1, peak_flops=1e10, progress=False, log_every=10**6, seed=seed))
     cfg = G.GRPOConfig(init=str(sft_out / "final"), out=str(tmp_path / "grpo"),
                        prompts=write_jsonl(tmp_path / "train.jsonl", rl_rows(train)),
                        eval_prompts=write_jsonl(tmp_path / "held.jsonl", rl_rows(held)), eval_n=len(held),
                        eval_every=40, pass_k=2, group_size=8, prompts_per_step=8, max_new_tokens=16, lr=5e-5,
-                       beta=0.04, temperature=1.0, steps=40, save_every=0, threads=1, seed=0, log_every=10)
-    before_held = greedy_pass1(cfg.init, rl_rows(held), cfg)
-    before_train = greedy_pass1(cfg.init, rl_rows(train), cfg)
-    t0 = time.perf_counter()
+                       beta=0.04, temperature=1.0, steps=40, save_every=0, threads=1, seed=seed, log_every=10)
+    r = {"held": greedy_pass1(cfg.init, rl_rows(held), cfg), "train": greedy_pass1(cfg.init, rl_rows(train), cfg)}
     last = G.train(cfg)
-    t_grpo = time.perf_counter() - t0
-    after_held = greedy_pass1(tmp_path / "grpo" / "final", rl_rows(held), cfg)
-    after_train = greedy_pass1(tmp_path / "grpo" / "final", rl_rows(train), cfg)
+    r["held_after"] = greedy_pass1(tmp_path / "grpo" / "final", rl_rows(held), cfg)
+    r["train_after"] = greedy_pass1(tmp_path / "grpo" / "final", rl_rows(train), cfg)
     recs = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
-    rewards = [r["reward_mean"] for r in recs]
-    summary = (f"held-out pass@1 {before_held:.2f} -> {after_held:.2f}; training-prompt pass@1 {before_train:.2f} -> "
-               f"{after_train:.2f}; mean reward first/last 10 steps {sum(rewards[:10]) / 10:.3f} / "
-               f"{sum(rewards[-10:]) / 10:.3f}; final kl {last['kl']:.4f}; SFT {t_sft:.0f}s, GRPO {t_grpo:.0f}s, "
-               f"total {time.perf_counter() - t_start:.0f}s")
-    print(summary)
-
-    assert len(recs) == cfg.steps
-    assert 0.05 <= before_held <= 0.7 and 0.05 <= before_train <= 0.7, f"SFT start is not partly right: {summary}"
-    assert after_held >= before_held + 0.1, summary
-    assert after_train >= before_train + 0.2, summary
-    assert 0 < last["kl"] < 1.0, f"the policy should move a little from the reference, not run away: {summary}"
-    assert last["eval/pass@1"] == pytest.approx(after_held), (
-        f"the trainer's held-out eval of its in-memory policy ({last['eval/pass@1']:.3f}) differs from the same eval "
-        f"of the saved final checkpoint ({after_held:.3f}): the in-memory model decodes with stale state (e.g. a "
+    r.update(steps=len(recs), kl=last["kl"], in_memory_eval=last["eval/pass@1"], seconds=time.perf_counter() - t_start)
+    r["summary"] = (f"seed {seed}: held-out pass@1 {r['held']:.2f} -> {r['held_after']:.2f}; training-prompt pass@1 "
+                    f"{r['train']:.2f} -> {r['train_after']:.2f}; final kl {r['kl']:.4f}; {r['seconds']:.0f}s")
+    print(r["summary"])
+    assert r["steps"] == cfg.steps
+    assert 0 < r["kl"] < 1.0, f"the policy should move a little from the reference, not run away: {r['summary']}"
+    assert r["in_memory_eval"] == pytest.approx(r["held_after"]), (
+        f"the trainer's held-out eval of its in-memory policy ({r['in_memory_eval']:.3f}) differs from the same eval "
+        f"of the saved final checkpoint ({r['held_after']:.3f}): the in-memory model decodes with stale state (e.g. a "
         f"no-grad cache that in-place optimizer updates did not invalidate), so rollouts sample a different policy")
+    return r
+
+
+def test_grpo_raises_held_out_pass_at_1_after_short_sft(tmp_path, train_tokenizer):
+    tok, _ = train_tokenizer
+    runs = [run_seed(seed, tmp_path / f"seed{seed}", tok) for seed in SEEDS]
+    summary = "; ".join(r["summary"] for r in runs)
+    mean = lambda key: sum(r[key] for r in runs) / len(runs)  # noqa: E731
+    assert all(0.05 <= r["held"] <= 0.7 and 0.05 <= r["train"] <= 0.7 for r in runs), \
+        f"SFT start is not partly right: {summary}"
+    assert mean("held_after") >= mean("held") + 0.1, summary
+    assert mean("train_after") >= mean("train") + 0.2, summary
