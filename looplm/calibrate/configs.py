@@ -5,11 +5,13 @@
 allowed ..."). The meta keys a calibrated checkpoint carries are `META_THRESHOLD` (`halt_threshold`),
 `META_MIN_STEPS` (`halt_min_steps`) and `META_STEPS` (`halt_steps`, the full depth τ was chosen at).
 
-Simplification: plain dataclasses; the CLI modules map their options onto these one to one.
+Simplification: plain dataclasses; the CLI modules map their options onto these one to one (the
+options both commands share come from `add_data_args` and `add_run_args`).
 """
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -125,3 +127,18 @@ class SpecTrainConfig:
         check_field(c, "lr", self.lr, self.lr > 0, "> 0")
         check_field(c, "weight_decay", self.weight_decay, self.weight_decay >= 0, ">= 0")
         check_field(c, "heldout_frac", self.heldout_frac, 0 < self.heldout_frac < 1, "in (0, 1)")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """--data and --n: where the calibration prompts come from."""
+    p.add_argument("--data", required=True, help="SFT JSONL (prompt, response), RL prompt JSONL (prompt, answer) "
+                                                 "or a generated task name (with --n)")
+    p.add_argument("--n", type=int, help="examples to generate (task name) or to read (file prefix)")
+
+
+def add_run_args(p: argparse.ArgumentParser, defaults: Any) -> None:
+    """--seed, --device, --no-progress and --json, with the config's defaults."""
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default=defaults.device)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--json", action="store_true", help="print the full results as JSON")

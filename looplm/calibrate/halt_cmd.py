@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from looplm.calibrate.configs import HaltCalibConfig
+from looplm.calibrate.configs import HaltCalibConfig, add_data_args, add_run_args
 
 
 def _ints(s: str) -> tuple[int, ...]:
@@ -28,9 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "full depth, measure the speedup, and write calibration.json + calibration.png (and, "
                     "with --out, a checkpoint whose meta holds halt_threshold / halt_min_steps / halt_steps).")
     p.add_argument("--init", required=True, metavar="DIR", help="checkpoint to calibrate")
-    p.add_argument("--data", required=True, help="SFT JSONL (prompt, response), RL prompt JSONL (prompt, answer) "
-                                                 "or a generated task name (with --n)")
-    p.add_argument("--n", type=int, help="examples to generate (task name) or to read (file prefix)")
+    add_data_args(p)
     p.add_argument("--out", metavar="DIR", help="write the calibrated checkpoint and the report here")
     p.add_argument("--report-dir", metavar="DIR", help="write only the report here (no checkpoint)")
     p.add_argument("--target-agreement", type=float, default=d.target_agreement, help="default: %(default)s")
@@ -50,10 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="batch sizes to time (default: 1,8)")
     p.add_argument("--bench-prompts", type=int, default=d.bench_prompts, help="default: %(default)s")
     p.add_argument("--bench-repeats", type=int, default=d.bench_repeats, help="0 skips timing (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--json", action="store_true", help="print the full results as JSON")
+    add_run_args(p, d)
     p.set_defaults(func=main)
     return p
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from looplm.calibrate.configs import SpecTrainConfig
+from looplm.calibrate.configs import SpecTrainConfig, add_data_args, add_run_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,9 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "speculative decoding reproduces plain greedy decoding token for token, with its speedup.")
     p.add_argument("--init", required=True, metavar="DIR", help="checkpoint to start from (left unchanged)")
     p.add_argument("--out", required=True, metavar="DIR", help="new checkpoint + train_spec.json")
-    p.add_argument("--data", required=True, help="SFT JSONL (prompt, response), RL prompt JSONL (prompt, answer) "
-                                                 "or a generated task name (with --n)")
-    p.add_argument("--n", type=int, help="examples to generate (task name) or to read (file prefix)")
+    add_data_args(p)
     p.add_argument("--target", choices=("greedy", "data"), default=d.target,
                    help="distil on the model's own greedy continuations (default) or on the data's responses")
     p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
@@ -39,10 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="interleaved timing repeats (default: %(default)s)")
     p.add_argument("--halt", choices=("auto", "off"), default=d.halt,
                    help="auto: also time adaptive + speculative when the checkpoint has a halt calibration")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--json", action="store_true", help="print the full results as JSON")
+    add_run_args(p, d)
     p.set_defaults(func=main)
     return p
 

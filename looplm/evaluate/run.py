@@ -125,13 +125,14 @@ def check_checkpoint_dir(ckpt: str | Path, purpose: str) -> Any:
 
 def calibrated_exit(ckpt: str | Path) -> dict[str, Any]:
     """The AdaExit threshold and minimum steps that `looplm calibrate-halt` stored in the checkpoint's meta."""
+    from looplm.calibrate.configs import META_MIN_STEPS, META_THRESHOLD
     from looplm.checkpoint import verify_checkpoint
 
     meta = verify_checkpoint(ckpt)
-    if meta.get("halt_threshold") is None:
+    if meta.get(META_THRESHOLD) is None:
         raise ConfigError(f"EvalConfig.adaptive: {ckpt} has no calibrated halt_threshold in its meta.json; run "
                           f"`looplm calibrate-halt --init {ckpt} ...` first, or pass --halt-threshold X")
-    return {"halt_threshold": float(meta["halt_threshold"]), "min_steps": int(meta.get("halt_min_steps", 1))}
+    return {"halt_threshold": float(meta[META_THRESHOLD]), "min_steps": int(meta.get(META_MIN_STEPS, 1))}
 
 
 def _check_depths(depths: list[int], model_cfg: Any, cfg: EvalConfig) -> None:
