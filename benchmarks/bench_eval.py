@@ -1,7 +1,11 @@
 """Benchmark: `looplm eval` throughput in verbal-DFS problems/s for `tiny` at batch 32 (target >= 50/s).
 
     python benchmarks/bench_eval.py [--ckpt DIR | --random-init] [--n 128] [--batch-size 32] [--threads 1]
-                                    [--no-results]
+                                    [--rounds 2] [--adaptive] [--no-results]
+
+`--adaptive` decodes with the checkpoint's calibrated AdaExit (`looplm eval --adaptive`; e.g. `--ckpt
+runs/bench/tiny-dfs-halt`, written by `bench_adaexit.py`). The headline figure is the median of the
+timed rounds of run_eval's loop (a warm-up round first).
 
 Model: `--ckpt`, else `runs/bench/tiny-dfs` (the `tiny` preset trained on verbal DFS traces by
 `benchmarks/tiny_dfs_model.py`) when it exists, else a random-init `tiny` model with the default
