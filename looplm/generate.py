@@ -153,8 +153,9 @@ def _forward(model, ids, cfg, steps, **kw):
 
 
 def _with_table(model, steps: int) -> dict:
-    """The step table, computed once per generate call (the weights cannot change during it)."""
-    return {"step_table": model.core.step_table(steps)}
+    """The step table and the transposed outer weights, computed once per generate call (the weights
+    cannot change during it)."""
+    return {"step_table": model.core.step_table(steps), "weights_t": model.transposed_weights()}
 
 
 def _exit_of(out, steps, col=-1) -> torch.Tensor:
@@ -242,7 +243,7 @@ def _speculative_one(model, prompt, cfg, on_tokens=None) -> GenerationOutput:
     out = _forward(model, ids, cfg, steps, cache=cache, last_only=True, **tbl)
     passes = 1
     nxt, nxt_exit = int(out.logits[0, -1].argmax()), int(_exit_of(out, steps)[0])
-    drafts = model.spec_logits(out.hidden[0, -1]).argmax(-1).tolist()  # [K]
+    drafts = model.spec_logits(out.hidden[0, -1], tbl["weights_t"]).argmax(-1).tolist()  # [K]
     tokens, exits, accepts = [], [], []
     while len(tokens) < cfg.max_new_tokens:
         tokens.append(nxt)
@@ -275,7 +276,7 @@ def _speculative_one(model, prompt, cfg, on_tokens=None) -> GenerationOutput:
             break
         cache.truncate(start + 1 + j)  # keep nxt and the j accepted drafts
         nxt, nxt_exit = preds[j], ex[j]
-        drafts = model.spec_logits(out.hidden[0, j]).argmax(-1).tolist()
+        drafts = model.spec_logits(out.hidden[0, j], tbl["weights_t"]).argmax(-1).tolist()
     finished = bool(tokens) and tokens[-1] in stop_set
     return GenerationOutput(tokens=[tokens], exit_steps=[exits], accept_counts=[accepts], finished=[finished],
                             forward_passes=passes)

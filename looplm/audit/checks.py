@@ -107,14 +107,13 @@ def _core_caller(core: Any) -> Any:
 
 
 def _row_table(tables: list[Any]) -> Any:
-    """One step table whose row t is row t of `tables[t]` (every tensor field, or dict of tensors,
-    is indexed by step along dim 0)."""
-    import torch
+    """One step table whose row t is row t of `tables[t]` (every field, or dict of fields, is a
+    per-step sequence indexed by step)."""
 
     def pick(values: list[Any]) -> Any:
         if isinstance(values[0], dict):
             return {k: pick([v[k] for v in values]) for k in values[0]}
-        return torch.stack([v[t] for t, v in enumerate(values)])
+        return [v[t] for t, v in enumerate(values)]
 
     first = tables[-1]
     fields = {f.name: pick([getattr(tb, f.name) for tb in tables]) for f in dataclasses.fields(first)}

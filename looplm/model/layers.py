@@ -21,18 +21,30 @@ from looplm.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
+    """x / rms_ε(x) · weight, rms_ε(x) = √(mean(x²) + ε), computed as √d · x / hypot(‖x‖₂, √(d·ε)).
+
+    Written out in the fewest, cheapest CPU ops (decoding is dispatch-bound): one norm, one hypot, one
+    addcdiv, one mul, about half the time of square-mean-add-rsqrt and of F.rms_norm at one token. The
+    constants are 0-dim buffers because a Python float operand costs a tensor allocation per call
+    (√(d·ε) is rounded to float32 at construction, so ε is exact to about 1e-7 relative even in a
+    float64 model). Statistics in float32 for low-precision inputs."""
+
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
-        self.eps = eps
+        self.eps, self.root_d = eps, math.sqrt(dim)
         self.weight = nn.Parameter(torch.ones(dim))
+        self.register_buffer("floor", torch.tensor(math.sqrt(dim * eps)), persistent=False)
+        self.register_buffer("zero", torch.zeros(()), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # written out: on CPU fewer dispatched ops than F.rms_norm (whose fused kernel also refuses a bf16
-        # input with a float32 weight, as under autocast); statistics in float32 for low-precision inputs
-        if x.dtype in (torch.float32, torch.float64):
-            return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps) * self.weight
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        y = torch.addcdiv(self.zero, xf, rms_denominator(xf, self.floor), value=self.root_d) * self.weight
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def rms_denominator(x: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """√d · rms_ε(x) = hypot(‖x‖₂, √(d·ε)) over the last dim, [..., 1]; floor = √(d·ε) as a tensor."""
+    return torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), floor)
 
 
 def rms(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -75,9 +87,21 @@ class SwiGLU(nn.Module):
         self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)  # [W_gate ; W_up]
         self.down = nn.Linear(hidden, dim, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, wt: dict | None = None) -> torch.Tensor:
+        gate, up = project(x, self.gate_up, wt).chunk(2, dim=-1)
+        return project(F.silu(gate) * up, self.down, wt)
+
+
+def transposed_weights(modules) -> dict:
+    """{linear: its weight as a contiguous [in, out] copy} for bias-free nn.Linear modules. A single row
+    times a contiguous [in, out] matrix streams the weights once; the [out, in] layout's transposed view
+    runs 2-3x slower once the weights are out of cache (decoding a token reads every weight once)."""
+    return {m: m.weight.t().contiguous() for m in modules}
+
+
+def project(x: torch.Tensor, m: nn.Linear, wt: dict | None) -> torch.Tensor:
+    """x [..., in] through the bias-free linear m: via wt[m] from `transposed_weights` when given."""
+    return F.linear(x, m.weight) if wt is None else x @ wt[m]
 
 
 def attend(q, k, v, mask, scale=None):
@@ -98,9 +122,9 @@ class GQAttention(nn.Module):
         self.wqkv = nn.Linear(d, (self.n_heads + 2 * self.n_kv) * self.hd, bias=False)  # [Wq ; Wk ; Wv]
         self.wo = nn.Linear(self.n_heads * self.hd, d, bias=False)
 
-    def forward(self, x, rope, mask, bt, kv=None, pos: int = 0):
-        B, T = bt  # x [B*T, d] rows
-        qkv = self.wqkv(x).view(B, T, self.n_heads + 2 * self.n_kv, self.hd).transpose(1, 2)  # [B, H+2Hkv, T, hd]
+    def forward(self, x, rope, mask, bt, kv=None, pos: int = 0, wt=None):
+        B, T = bt  # x [B*T, d] rows; wt: optional transposed weights (see `transposed_weights`)
+        qkv = project(x, self.wqkv, wt).view(B, T, self.n_heads + 2 * self.n_kv, self.hd).transpose(1, 2)  # [B, H+2Hkv, T, hd]
         qk, v = qkv.split_with_sizes([self.n_heads + self.n_kv, self.n_kv], dim=1)
         q, k = apply_rope(qk, *rope).split_with_sizes([self.n_heads, self.n_kv], dim=1)  # [B, H, T, hd], [B, Hkv, T, hd]
         if kv is not None:  # write into the layer's cache buffers, then read everything so far
@@ -109,7 +133,7 @@ class GQAttention(nn.Module):
             vbuf[:, :, pos:pos + T] = v
             k, v = kbuf[:, :, :pos + T], vbuf[:, :, :pos + T]
         y = attend(q, k, v, mask)  # [B, H, T, hd]
-        return self.wo(y.transpose(1, 2).reshape(B * T, self.n_heads * self.hd))  # [B*T, d]
+        return project(y.transpose(1, 2).reshape(B * T, self.n_heads * self.hd), self.wo, wt)  # [B*T, d]
 
 
 class Block(nn.Module):
@@ -122,11 +146,14 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.d_model, cfg.mlp_hidden)
 
-    def forward(self, x, rope, mask, kv=None, pos: int = 0):
+    def forward(self, x, rope, mask, kv=None, pos: int = 0, wt=None):
         B, T, d = x.shape
         x = x.reshape(B * T, d)  # rows [N, d]: 2-D matmuls dispatch the fewest ops (decoding is dispatch-bound)
-        x = x + self.attn(self.attn_norm(x), rope, mask, (B, T), kv, pos)
-        return (x + self.mlp(self.mlp_norm(x))).view(B, T, d)
+        x = x + self.attn(self.attn_norm(x), rope, mask, (B, T), kv, pos, wt)
+        return (x + self.mlp(self.mlp_norm(x), wt)).view(B, T, d)
+
+    def linears(self) -> list[nn.Linear]:
+        return [self.attn.wqkv, self.attn.wo, self.mlp.gate_up, self.mlp.down]
 
 
 def sinusoidal(t, dim: int, device=None) -> torch.Tensor:

@@ -84,10 +84,10 @@ class CartMLA(nn.Module):
         """Step terms of the four modulated projections for steps vec [S, d], in the shapes forward uses:
         W_UK(t) as [H, dn, lat] and W_UV(t)ᵀ as [H, lat, dn] per step."""
         shape = (vec.shape[0], self.H, self.dn, self.lat)
-        return {self.w_q: self.w_q.step_terms(vec).unbind(0),
+        return {self.w_q: self.w_q.step_terms(vec),
                 self.w_uk: self.w_uk.step_terms(vec).view(shape).unbind(0),
                 self.w_uv: self.w_uv.step_terms(vec).view(shape).transpose(2, 3).unbind(0),
-                self.w_o: self.w_o.step_terms(vec).unbind(0)}
+                self.w_o: self.w_o.step_terms(vec)}
 
 
 def _take(x: torch.Tensor, rows):

@@ -14,6 +14,10 @@ Speed: the step-only part `G_e · step_emb(t)` (and a StepModulatedLinear's whol
 for all steps at once by `step_terms` (see `RecurrentCore.step_table`). In `ModulatedLinear`, W, Vᵀ
 and G_x live in one parameter `fused = [W ; Vᵀ ; G_x]` so a single matmul gives W x, Vᵀ x and G_x x
 (G_x · rms(x) = (G_x · x) / rms-scale(x)); a second, rank-r matmul applies U and adds W x (addmm).
+`step_terms` also hands out `fused` and U transposed into contiguous [in, out] copies, once per call:
+a row times a contiguous [in, out] matrix streams the weights, while the transposed view of the
+[out, in] layout is 2-3x slower once the weights are out of cache (decoding reads every weight once
+per token).
 Inputs are taken as rows [N, d_in] (other shapes are flattened and restored): on CPU a 2-D matmul
 dispatches half the ops of a batched one, and decoding is dispatch-bound.
 
@@ -22,9 +26,13 @@ Simplification: U and V are ordinary trainable parameters after init (not re-ort
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from looplm.model.layers import rms_denominator
 
 
 def svd_factors(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +47,8 @@ class ModulatedLinear(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, rank: int, d_step: int, eps: float = 1e-5):
         super().__init__()
-        self.d_out, self.rank, self.eps = d_out, rank, eps
+        self.d_out, self.rank, self.eps, self.root_d = d_out, rank, eps, math.sqrt(d_in)
+        self.register_buffer("floor", torch.tensor(math.sqrt(d_in * eps)), persistent=False)  # see RMSNorm
         self.fused = nn.Parameter(torch.empty(d_out + 2 * rank, d_in))  # [W ; Vᵀ ; G_x]
         self.U = nn.Parameter(torch.zeros(d_out, rank))
         self.g_step = nn.Linear(d_step, rank, bias=False)
@@ -64,19 +73,22 @@ class ModulatedLinear(nn.Module):
             self.U.copy_(u)
             self.fused[self.d_out: self.d_out + self.rank] = v.T
 
-    def step_terms(self, step_vecs: torch.Tensor) -> torch.Tensor:
-        """G_e step_emb(t) for every step: [S, d_step] -> [S, r]."""
-        return self.g_step(step_vecs)
+    def step_terms(self, step_vecs: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per step t of step_vecs [S, d_step]: (G_e step_emb(t) [r], [W ; Vᵀ ; G_x]ᵀ, Uᵀ). The transposed
+        weights are taken once per call, so each use dispatches a bare mm/addmm (no transpose per use)."""
+        wt, ut = self.fused.t().contiguous(), self.U.t().contiguous()
+        return [(st, wt, ut) for st in self.g_step(step_vecs).unbind(0)]
 
-    def forward(self, x: torch.Tensor, step_term: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, term: tuple) -> torch.Tensor:
         if x.dim() != 2:  # [..., d_in]: as rows [N, d_in] (2-D matmuls dispatch the fewest ops)
-            return self.forward(x.reshape(-1, x.shape[-1]), step_term).view(*x.shape[:-1], self.d_out)
+            return self.forward(x.reshape(-1, x.shape[-1]), term).view(*x.shape[:-1], self.d_out)
+        step_term, wt, ut = term
         if not self.rank:
-            return F.linear(x, self.fused)
-        y, vx, gx = F.linear(x, self.fused).split_with_sizes([self.d_out, self.rank, self.rank], dim=-1)
-        inv_rms = torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps)
-        g = torch.tanh(torch.addcmul(step_term, gx, inv_rms))  # step_term + G_x rms(x), [N, r]
-        return torch.addmm(y, g * vx, self.U.t())  # y + U (g ⊙ Vᵀx)
+            return torch.mm(x, wt)
+        y, vx, gx = torch.mm(x, wt).split_with_sizes([self.d_out, self.rank, self.rank], dim=-1)
+        rd = rms_denominator(x, self.floor)  # √d · rms_ε(x), [N, 1]
+        g = torch.tanh(torch.addcdiv(step_term, gx, rd, value=self.root_d))  # step_term + G_x rms(x), [N, r]
+        return torch.addmm(y, g * vx, ut)  # y + U (g ⊙ Vᵀx)
 
 
 class NormedInputModulatedLinear(ModulatedLinear):
@@ -85,13 +97,14 @@ class NormedInputModulatedLinear(ModulatedLinear):
     norm(x) is taken to be x itself (exact while the norm's weight is 1, as at init); this saves the
     per-token RMS of the input for the query and MLP-input projections of the core blocks."""
 
-    def forward(self, x: torch.Tensor, step_term: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, term: tuple) -> torch.Tensor:
         if x.dim() != 2:
-            return self.forward(x.reshape(-1, x.shape[-1]), step_term).view(*x.shape[:-1], self.d_out)
+            return self.forward(x.reshape(-1, x.shape[-1]), term).view(*x.shape[:-1], self.d_out)
+        step_term, wt, ut = term
         if not self.rank:
-            return F.linear(x, self.fused)
-        y, vx, gx = F.linear(x, self.fused).split_with_sizes([self.d_out, self.rank, self.rank], dim=-1)
-        return torch.addmm(y, torch.tanh(step_term + gx) * vx, self.U.t())
+            return torch.mm(x, wt)
+        y, vx, gx = torch.mm(x, wt).split_with_sizes([self.d_out, self.rank, self.rank], dim=-1)
+        return torch.addmm(y, torch.tanh(step_term + gx) * vx, ut)
 
 
 class StepModulatedLinear(nn.Module):

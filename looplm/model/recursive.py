@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from looplm.config import ModelConfig
 from looplm.model.cache import ModelCache, kv_bytes_per_token
-from looplm.model.layers import Block, RMSNorm, Rotary, rms, sinusoidal
+from looplm.model.layers import Block, RMSNorm, Rotary, project, rms, sinusoidal, transposed_weights
 from looplm.model.mla import LATENT_SOURCES, CartMLA
 from looplm.model.modulation import ModulatedLinear, NormedInputModulatedLinear, StepModulatedLinear
 
@@ -52,7 +52,8 @@ class StepTable:
 
     vec: list[torch.Tensor]  # step_emb(t), S x [d]
     alpha: list[torch.Tensor]  # depth gate, S x [d]
-    terms: dict  # modulated module -> S x [r] step terms, or S x effective weights (see CartMLA.step_terms)
+    terms: dict  # modulated module -> S x its step terms (see ModulatedLinear / CartMLA.step_terms)
+    adapt: list[torch.Tensor]  # the s-half of the adapter transposed, W_sᵀ [d, d] (the same tensor S times)
 
 
 class ModulatedSwiGLU(nn.Module):
@@ -123,8 +124,9 @@ class RecurrentCore(nn.Module):
         terms = {}
         for blk in self.blocks:
             terms.update(blk.attn.step_terms(vec))
-            terms.update({m: m.step_terms(vec).unbind(0) for m in blk.mlp.modulated()})
-        return StepTable(vec.unbind(0), alpha.unbind(0), terms)
+            terms.update({m: m.step_terms(vec) for m in blk.mlp.modulated()})
+        adapt = self.adapter.weight[:, : self.cfg.d_model].t().contiguous()
+        return StepTable(vec.unbind(0), alpha.unbind(0), terms, [adapt] * steps)
 
     def inject(self, e: torch.Tensor) -> torch.Tensor:
         """The e-half of the adapter, W_e e: constant across steps, so computed once per call."""
@@ -133,7 +135,7 @@ class RecurrentCore(nn.Module):
     def step(self, s, e_in, t, tbl: StepTable, lat_src, rope, mask, rows, exited):
         """One recurrence step on rows `rows` (None = all): returns s_{t+1} before freezing.
         z = W_adapt [s ; e] + step_emb(t), with the e-half W_e e precomputed (e_in = inject(e))."""
-        z = F.linear(s, self.adapter.weight[:, : s.shape[-1]]) + e_in + tbl.vec[t]
+        z = s @ tbl.adapt[t] + e_in + tbl.vec[t]
         for b, block in enumerate(self.blocks):
             lat = lat_src.at_step(b, t, z, rope, rows, exited)
             z = block(z, tbl.terms, t, lat, rope, mask)
@@ -216,9 +218,11 @@ class RecursiveCausalLM(nn.Module):
     def forward(self, input_ids, steps: int, *, grad_steps: int | None = None, cache: ModelCache | None = None,
                 attention_mask=None, position_ids=None, return_states=False, return_halt=False,
                 return_spec=False, init_noise=False, halt_threshold: float | None = None, min_steps: int = 1,
-                last_only=False, step_table: StepTable | None = None) -> ModelOutput:
-        """Run `steps` recurrence steps. `step_table` (from `core.step_table(n >= steps)`) may be passed by a
-        caller that runs many forwards with unchanged weights (decoding); by default it is computed here."""
+                last_only=False, step_table: StepTable | None = None, weights_t: dict | None = None) -> ModelOutput:
+        """Run `steps` recurrence steps. A caller that runs many forwards with unchanged weights (decoding)
+        may pass `step_table` (from `core.step_table(n >= steps)`; by default computed here) and
+        `weights_t` (from `transposed_weights()`: the prelude/coda linears and the LM head in the layout a
+        single row multiplies fastest)."""
         B, T = input_ids.shape
         pos = cache.pos if cache is not None else 0
         self._check(T, pos, steps, cache, halt_threshold, min_steps)
@@ -228,24 +232,31 @@ class RecursiveCausalLM(nn.Module):
         x = self.embed(input_ids)
         rope = self.rope(position_ids, x.dtype)
         for i, blk in enumerate(self.prelude):
-            x = blk(x, rope, mask, cache.prelude[i] if cache else None, pos)
+            x = blk(x, rope, mask, cache.prelude[i] if cache else None, pos, weights_t)
         e = self.prelude_norm(x)
         s, states, halts, exit_steps = self.run_core(e, steps, self.rope_core(position_ids, x.dtype), mask, cache,
                                                       pos, grad_steps, return_states, return_halt, init_noise,
                                                       halt_threshold, min_steps, step_table)
         x = s
         for i, blk in enumerate(self.coda):
-            x = blk(x, rope, mask, cache.coda[i] if cache else None, pos)
+            x = blk(x, rope, mask, cache.coda[i] if cache else None, pos, weights_t)
         if cache is not None:
             cache.pos = pos + T
         h = self.norm(x[:, -1:] if last_only else x)
-        return ModelOutput(logits=self.lm_head(h), hidden=h, spec_logits=self.spec_logits(h) if return_spec else None,
+        return ModelOutput(logits=project(h, self.lm_head, weights_t), hidden=h,
+                           spec_logits=self.spec_logits(h, weights_t) if return_spec else None,
                            states=states, halt_probs=halts if return_halt else None, exit_steps=exit_steps)
 
-    def spec_logits(self, h: torch.Tensor) -> torch.Tensor:
+    def spec_logits(self, h: torch.Tensor, weights_t: dict | None = None) -> torch.Tensor:
         """Draft logits of the speculative heads for normed hidden states h [..., d] -> [..., K, V]."""
-        drafts = [self.lm_head(h + F.silu(p(h) + b)) for p, b in zip(self.speculative_projs, self.speculative_biases)]
+        drafts = [project(h + F.silu(p(h) + b), self.lm_head, weights_t)
+                  for p, b in zip(self.speculative_projs, self.speculative_biases)]
         return torch.stack(drafts, dim=-2)
+
+    def transposed_weights(self) -> dict:
+        """The prelude/coda linears and the (tied) LM head as contiguous [in, out] copies, for `forward`'s
+        `weights_t`: about 1.2x faster single-token decoding. A snapshot: stale once the weights change."""
+        return transposed_weights([m for blk in (*self.prelude, *self.coda) for m in blk.linears()] + [self.lm_head])
 
     def run_core(self, e, steps, rope, mask, cache, pos, grad_steps, return_states, return_halt, init_noise,
                  halt_threshold, min_steps, step_table=None):

@@ -31,7 +31,9 @@ def test_modulated_linear_at_init_equals_plain_linear():
     m = ModulatedLinear(16, 24, 4, 8).double()
     _init(m)
     x, sv = torch.randn(3, 5, 16, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
-    torch.testing.assert_close(m(x, m.step_terms(sv[None])[0]), F.linear(x, m.weight), rtol=0, atol=0)
+    y = m(x, m.step_terms(sv[None])[0])
+    torch.testing.assert_close(y, x @ m.weight.T.contiguous(), rtol=0, atol=0)  # the modulation adds exactly 0
+    torch.testing.assert_close(y, F.linear(x, m.weight))  # (the module multiplies by Wᵀ stored [in, out])
     s = StepModulatedLinear(16, 24, 4, 8).double()
     _init(s)
     torch.testing.assert_close(s.effective_weight(sv), s.weight, rtol=0, atol=0)
