@@ -26,13 +26,16 @@ from looplm.model.layers import RMSNorm, apply_rope, attend
 from looplm.model.modulation import ModulatedLinear, NormedInputModulatedLinear, StepModulatedLinear
 
 
+FEW_QUERIES = 16  # up to this many queries per row with a cache, CART-MLA runs as plain bmm's, not SDPA
+
+
 def per_head(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x [B, H, T, i] @ w [H, i, o] -> [B, H, T, o] with batch and time folded into one matmul per head.
 
     `x @ w` would broadcast w to [B, H, i, o] (a copy of the weights per row: 4x slower at B = 8,
     T = 256, and the main cost of batched decoding); einsum runs H matmuls of [B·T, i] @ [i, o].
-    One token of one row (batch-1 decoding) is a single bmm, [H, 1, i] @ [H, i, o]."""
-    if x.shape[0] * x.shape[2] == 1:
+    A single row (batch-1 decoding and speculative verification) is a single bmm, [H, T, i] @ [H, i, o]."""
+    if x.shape[0] == 1:
         return torch.bmm(x[0], w)[None]
     return torch.einsum("bhti,hio->bhto", x, w)
 
@@ -65,11 +68,11 @@ class CartMLA(nn.Module):
         q_nope, q_rope = q.split_with_sizes([self.dn, self.dr], dim=-1)
         q_lat = per_head(q_nope, terms[self.w_uk][t])  # [B, H, T, dn] @ [H, dn, lat] -> [B, H, T, lat]
         query = torch.cat([q_lat, apply_rope(q_rope, *rope)], dim=-1)  # [B, H, T, lat + dr]
-        if T == 1 and mask is not None:  # decoding one token per row: MQA as two bmm's (fewer ops than SDPA)
-            q2 = query.reshape(B, self.H, -1)
-            scores = torch.baddbmm(q2.new_empty(()), q2, lat.transpose(1, 2), beta=0.0, alpha=self.scale)  # [B, H, L]
-            if not isinstance(mask, str):
-                scores = scores.masked_fill(~mask.view(B, 1, -1), float("-inf"))  # mask [B, 1, 1, L]
+        if T <= FEW_QUERIES and mask is not None:  # decoding (or verifying a few drafts) with a cache: MQA as
+            q2 = query.reshape(B, self.H * T, -1)  # two bmm's over the H·T query rows (fewer ops than SDPA)
+            scores = torch.baddbmm(q2.new_empty(()), q2, lat.transpose(1, 2), beta=0.0, alpha=self.scale)  # [B, H*T, L]
+            if not isinstance(mask, str):  # mask [B, 1, T, L]
+                scores = scores.view(B, self.H, T, -1).masked_fill(~mask, float("-inf")).view(B, self.H * T, -1)
             o = torch.bmm(scores.softmax(-1), lat[..., : self.lat]).view(B, self.H, T, self.lat)
         else:  # keys double as values (one shared KV head): equal q/k/v widths let SDPA use its fused kernel;
             kv = lat.unsqueeze(1)  # [B, 1, L, lat + dr]; the RoPE part of the output is dropped

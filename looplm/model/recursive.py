@@ -248,10 +248,15 @@ class RecursiveCausalLM(nn.Module):
                            states=states, halt_probs=halts if return_halt else None, exit_steps=exit_steps)
 
     def spec_logits(self, h: torch.Tensor, weights_t: dict | None = None) -> torch.Tensor:
-        """Draft logits of the speculative heads for normed hidden states h [..., d] -> [..., K, V]."""
-        drafts = [project(h + F.silu(p(h) + b), self.lm_head, weights_t)
-                  for p, b in zip(self.speculative_projs, self.speculative_biases)]
-        return torch.stack(drafts, dim=-2)
+        """Draft logits of the speculative heads for normed hidden states h [..., d] -> [..., K, V]:
+        draft_k = lm_head(h + SiLU(P_k h + b_k)), the K projections as one matmul and the K drafts as
+        one LM-head matmul (speculative decoding drafts after every verification)."""
+        K = len(self.speculative_projs)
+        if K == 0:
+            return h.new_zeros(*h.shape[:-1], 0, self.config.vocab_size)
+        P = torch.cat([p.weight for p in self.speculative_projs])  # [K*d, d]
+        u = F.linear(h, P).unflatten(-1, (K, -1)) + torch.stack(list(self.speculative_biases))  # [..., K, d]
+        return project(h.unsqueeze(-2) + F.silu(u), self.lm_head, weights_t)
 
     def transposed_weights(self) -> dict:
         """The prelude/coda linears and the (tied) LM head as contiguous [in, out] copies, for `forward`'s

@@ -252,6 +252,18 @@ def test_outputs_and_shapes():
     assert bool(((out.halt_probs > 0) & (out.halt_probs < 1)).all())
 
 
+def test_speculative_heads_follow_the_per_head_formula():
+    """draft_k = lm_head(h + SiLU(P_k h + b_k)) head by head (make() moves P_k and b_k off zero)."""
+    m = make()
+    with torch.no_grad():
+        out = m(torch.randint(0, 256, (2, 5)), 3, return_spec=True)
+        for k, (p, b) in enumerate(zip(m.speculative_projs, m.speculative_biases)):
+            draft = (out.hidden + F.silu(out.hidden @ p.weight.T + b)) @ m.embed.weight.T
+            torch.testing.assert_close(out.spec_logits[:, :, k], draft, rtol=1e-10, atol=1e-12)
+    m0 = RecursiveCausalLM(get_preset("tiny", vocab_size=256, max_seq_len=64, n_spec_heads=0))
+    assert m0(torch.randint(0, 256, (1, 3)), 2, return_spec=True).spec_logits.shape == (1, 3, 0, 256)
+
+
 def test_steps_beyond_training_depth_are_defined():
     m = make()
     ids = torch.randint(0, 256, (1, 4))
