@@ -63,3 +63,21 @@ def test_transposed_weight_tables_give_the_plain_forward(mode):
     expected = {id(lin) for blk in (*m.prelude, *m.coda) for lin in blk.linears()} | {id(m.lm_head)}
     assert {id(k) for k in tables["weights_t"]} == expected
     assert all(w.is_contiguous() and w.shape == k.weight.T.shape for k, w in tables["weights_t"].items())
+
+
+def test_transposed_weights_are_refreshed_from_the_current_weights():
+    torch.manual_seed(0)
+    m = RecursiveCausalLM(get_preset("tiny", vocab_size=256, max_seq_len=64))
+    first = m.transposed_weights()
+    with torch.no_grad():
+        m.prelude[0].attn.wqkv.weight.mul_(2.0)
+    second = m.transposed_weights()  # reuses the buffers of the first call, refreshed
+    lin = m.prelude[0].attn.wqkv
+    assert torch.equal(second[lin], lin.weight.T) and second[lin].data_ptr() == first[lin].data_ptr()
+    m.double()  # new dtype: new buffers, never a stale or mistyped copy
+    third = m.transposed_weights()
+    assert third[lin].dtype == torch.float64 and torch.equal(third[lin], lin.weight.T)
+    assert not any(w.requires_grad for w in third.values())
+    with torch.inference_mode():
+        assert torch.equal(m.transposed_weights()[lin], lin.weight.T)
+    assert "_transposed_buffers" not in "".join(m.state_dict())
