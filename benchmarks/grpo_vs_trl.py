@@ -80,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="Llama hidden size (default: looplm's d_model, i.e. the same matmul shapes; depth and MLP "
                          "width are solved for equal FLOPs/token either way)")
     ap.add_argument("--profile", action="store_true", help="profile one looplm step and count decode ops")
+    ap.add_argument("--compile", action="store_true",
+                    help="looplm decodes rollouts with its torch.compile'd step (--compile-rollouts); the one-time "
+                         "compile falls in the first warm-up step and is reported")
     ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     for name in ("steps", "warmup", "max_new_tokens", "prompts_per_step", "group_size"):
@@ -217,7 +220,7 @@ def run_looplm(work: Path, ckpt: Path, prompts: Path, args, baton: Baton, gen_lo
                        group_size=args.group_size, prompts_per_step=args.prompts_per_step,
                        max_new_tokens=args.max_new_tokens, lr=1e-6, beta=0.04, steps=total, iterations=1,
                        loss_type="grpo", scale="group", temperature=1.0, seed=args.seed, save_every=0,
-                       threads=args.threads, log_every=10**6)
+                       threads=args.threads, log_every=10**6, compile_rollouts=args.compile)
     real_log, real_gen = G._log, G.generate
 
     def log_and_yield(out, rec):
@@ -362,7 +365,8 @@ def cpu_median(fn: Callable[[], object], repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-def phase_breakdown(looplm_model, llama, prompts: list[list[int]], steps: int, new: int, pad_id: int) -> list[list]:
+def phase_breakdown(looplm_model, llama, prompts: list[list[int]], steps: int, new: int, pad_id: int,
+                    compile_rollout: bool = False) -> list[list]:
     """Thread CPU seconds of each part of a GRPO step, same batch for both models (random completions)."""
     import torch.nn.functional as F
 
@@ -382,9 +386,9 @@ def phase_breakdown(looplm_model, llama, prompts: list[list[int]], steps: int, n
         return run
 
     parts = {
-        "rollout (sampled, no stop)": (
+        "rollout (sampled, no stop)" + (", looplm compiled" if compile_rollout else ""): (
             lambda: generate(looplm_model, prompts, GenerationConfig(max_new_tokens=new, steps=steps, temperature=1.0,
-                                                                     seed=0, pad_id=pad_id)),
+                                                                     seed=0, pad_id=pad_id, compile=compile_rollout)),
             no_grad(lambda: llama.generate(input_ids=p_ids, attention_mask=torch.ones_like(p_ids), max_new_tokens=new,
                                            min_new_tokens=new, do_sample=True, top_k=0, pad_token_id=pad_id))),
         "reference log-probs (no grad)": (no_grad(lambda: token_logprobs(looplm_model, ids, steps, 1.0)),
@@ -427,7 +431,7 @@ def summarize(name: str, held: list[float], cpu: list[float], gens: list, warmup
     if not step or len(held) != len(gens):
         raise RuntimeError(f"{name}: {len(held)} timed steps but {len(gens)} rollouts")
     share = [g[0] / s for g, s in zip(gen, step)]
-    return {"step_s": statistics.median(step), "step_min_s": min(step), "cpu_s": statistics.median(cpu[warmup:]),
+    return {"step_s": statistics.median(step), "step_min_s": min(step), "first_s": held[0], "cpu_s": statistics.median(cpu[warmup:]),
             "gen_s": statistics.median(g[0] for g in gen), "gen_share": statistics.median(share),
             "tok_per_s": statistics.median(g[1] / g[0] for g in gen)}
 
@@ -485,7 +489,8 @@ def main(argv=None) -> int:
         batch = [tok.encode(tok.chat_prompt(rows[0]["prompt"]))] * (args.prompts_per_step * args.group_size)
         ops = {"decode": decode_ops(looplm_model, llama, batch, R, tok.pad_id),
                "parts": decode_ops_by_part(looplm_model, len(batch), len(batch[0]), R),
-               "phases": phase_breakdown(looplm_model, llama, batch, R, args.max_new_tokens, tok.pad_id)}
+               "phases": phase_breakdown(looplm_model, llama, batch, R, args.max_new_tokens, tok.pad_id,
+                                         args.compile)}
     report(args, res, flops, looplm_model, llama, R, seq_len, prof, ops)
     return 0
 
@@ -506,6 +511,8 @@ def report(args, res, flops, looplm_model, llama, R, seq_len, prof: str, ops) ->
         f"tokens (no EOS stop on either side; completions cut after the first EOS afterwards), lr 1e-6, beta 0.04, "
         f"1 iteration, loss grpo, fp32, CPU, {args.threads} thread(s); {args.steps} timed steps each after "
         f"{args.warmup} warm-up, interleaved step by step in one process. Machine shared with other jobs.",
+        f"looplm rollouts: {'compiled decode step (`--compile-rollouts`); its first step, compile included, took ' + format(res['looplm']['first_s'], '.1f') + ' s (not in the table)' if args.compile else 'eager'}; "
+        f"TRL's first step took {res['trl']['first_s']:.1f} s.",
         f"Models (random init): looplm `{args.preset}` R={R} ({pc['physical'] / 1e6:.2f}M physical, "
         f"{pc['virtual'] / 1e6:.2f}M virtual params); LlamaForCausalLM {c.num_hidden_layers} layers, "
         f"d={c.hidden_size}, ffn={c.intermediate_size}, heads {c.num_attention_heads}/{c.num_key_value_heads} "

@@ -9,6 +9,8 @@ in one pass and then decodes one token per row per forward. Options:
 - `use_cache=False`: re-runs the whole sequence for every token (the reference for tests/benchmarks);
 - adaptive exit (`halt_threshold`, `min_steps`): each token leaves the core at its own step; the
   exit step of the position that produced every new token is returned;
+- `compile=True` (fixed depth, cached): every decode forward runs as one `torch.compile`d graph
+  (`looplm/compiled_decode.py`; the first call of a new shape compiles);
 - `speculative=True` (greedy only): the model's next token plus K draft tokens from the speculative
   heads are verified in one forward pass; the longest prefix equal to the model's own greedy choice is
   kept, the cache is rolled back past the rest, and the model's token at the first mismatch becomes
@@ -28,6 +30,7 @@ from typing import Callable
 
 import torch
 
+from looplm.compiled_decode import decode_compiled
 from looplm.model import RecursiveCausalLM
 
 
@@ -45,6 +48,7 @@ class GenerationConfig:
     min_steps: int = 1
     seed: int | None = None
     pad_id: int = 0
+    compile: bool = False  # torch.compile the decode step (fixed depth; see looplm/compiled_decode.py)
 
     def validate(self, model: RecursiveCausalLM) -> None:
         cfg = model.config
@@ -68,6 +72,9 @@ class GenerationConfig:
             raise ValueError("GenerationConfig.speculative=True needs a model with n_spec_heads > 0")
         if self.speculative and not self.use_cache:
             raise ValueError("GenerationConfig.speculative=True needs use_cache=True")
+        if self.compile and (self.speculative or self.halt_threshold is not None or not self.use_cache):
+            raise ValueError("GenerationConfig.compile=True decodes at a fixed depth with the cache: it excludes "
+                             "speculative=True, halt_threshold and use_cache=False")
 
 
 @dataclass
@@ -188,6 +195,10 @@ def _decode(model, prompts, cfg, on_tokens=None) -> GenerationOutput:
     done = [False] * B
     passes = 0
     tbl = _with_table(model, steps)
+    if cfg.compile:
+        tokens, passes = decode_compiled(model, ids, mask, pos, cfg, steps, tbl, sample, gen, on_tokens)
+        return GenerationOutput(tokens=tokens, exit_steps=[[steps] * len(t) for t in tokens],
+                                finished=[bool(t) and t[-1] in stop_set for t in tokens], forward_passes=passes)
     if cfg.use_cache:
         cache = model.new_cache(B, ids.shape[1] + cfg.max_new_tokens, steps)
         out = _forward(model, ids, cfg, steps, cache=cache, attention_mask=mask, position_ids=pos, last_only=True,

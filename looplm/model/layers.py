@@ -66,6 +66,8 @@ class Rotary(nn.Module):
     def forward(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor]:
         # pos [B, T] -> (freqs [B, 1, T, dim/2],) broadcast over heads; complex128 only for float64 models
         a = self.angles[pos].unsqueeze(1).to(torch.float64 if dtype == torch.float64 else torch.float32)
+        if torch.compiler.is_compiling():  # inductor generates no code for complex ops: (cos, sin) stacked
+            return (torch.stack((a.cos(), a.sin()), dim=-1),)
         return (torch.polar(torch.ones_like(a), a),)
 
 
@@ -74,7 +76,8 @@ def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     dispatched ops); under torch.compile the same rotation in real arithmetic, which inductor fuses."""
     if torch.compiler.is_compiling():
         x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
-        cos, sin = freqs.real.to(x.dtype), freqs.imag.to(x.dtype)
+        cos, sin = (freqs.real, freqs.imag) if freqs.is_complex() else freqs.unbind(-1)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
     xf = x if x.dtype in (torch.float32, torch.float64) else x.float()  # no complex bf16
     out = torch.view_as_real(torch.view_as_complex(xf.unflatten(-1, (-1, 2))) * freqs).flatten(-2)
@@ -122,11 +125,25 @@ def project(x: torch.Tensor, m: nn.Linear, wt: dict | None) -> torch.Tensor:
 def attend(q, k, v, mask, scale=None):
     """SDPA with shared KV heads (GQA/MQA). mask: None (plain causal over equal lengths), "none"
     (attend to everything given: one new token with an unpadded cache) or a bool [B, 1, T, L]."""
+    if torch.compiler.is_compiling() and isinstance(mask, torch.Tensor) and q.shape[2] <= 16:
+        return _attend_few(q, k, v, mask, scale)
     if isinstance(mask, str):
         return F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=True)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=True)
+
+
+def _attend_few(q, k, v, mask, scale=None):
+    """Masked GQA for a few queries as two batched matmuls and a softmax (what torch.compile fuses best;
+    its CPU SDPA kernel costs about 95 us per call at one query): q [B, H, T, hd], k, v [B, Hkv, L, hd],
+    mask [B, 1, T, L]. Query head h reads KV head h // (H / Hkv)."""
+    B, H, T, hd = q.shape
+    Hkv = k.shape[1]
+    q = q.reshape(B, Hkv, H // Hkv * T, hd)  # [B, Hkv, g*T, hd]: the g query heads of each KV head
+    scores = (q @ k.transpose(-1, -2)) * (scale if scale is not None else hd ** -0.5)  # [B, Hkv, g*T, L]
+    scores = scores.view(B, Hkv, H // Hkv, T, -1).masked_fill(~mask.unsqueeze(1), float("-inf"))
+    return (scores.softmax(-1).view(B, Hkv, H // Hkv * T, -1) @ v).view(B, H, T, hd)
 
 
 class GQAttention(nn.Module):
@@ -142,7 +159,11 @@ class GQAttention(nn.Module):
         qkv = project(x, self.wqkv, wt).view(B, T, self.n_heads + 2 * self.n_kv, self.hd).transpose(1, 2)  # [B, H+2Hkv, T, hd]
         qk, v = qkv.split_with_sizes([self.n_heads + self.n_kv, self.n_kv], dim=1)
         q, k = apply_rope(qk, *rope).split_with_sizes([self.n_heads, self.n_kv], dim=1)  # [B, H, T, hd], [B, Hkv, T, hd]
-        if kv is not None:  # write into the layer's cache buffers, then read everything so far
+        if kv is not None and isinstance(pos, torch.Tensor):  # static shapes (compiled decoding): write at
+            kv[0].index_copy_(2, pos, k)  # positions pos [T], attend over the whole buffer (the mask hides the rest)
+            kv[1].index_copy_(2, pos, v)
+            k, v = kv
+        elif kv is not None:  # write into the layer's cache buffers, then read everything so far
             kbuf, vbuf = kv
             kbuf[:, :, pos:pos + T] = k
             vbuf[:, :, pos:pos + T] = v

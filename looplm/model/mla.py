@@ -104,7 +104,9 @@ class AnchoredLatents:
         self.lat = []
         for b, attn in enumerate(attns):
             new = attn.latents(e, rope)  # [B, T, E]
-            if cache is not None:
+            if cache is not None and isinstance(pos, torch.Tensor):  # static shapes: write at pos [T], read all
+                new = cache.core[b].index_copy_(1, pos, new)
+            elif cache is not None:
                 cache.core[b][:, pos:pos + e.shape[1]] = new
                 new = cache.core[b][:, :pos + e.shape[1]]
             self.lat.append(new)
@@ -134,6 +136,8 @@ class PerStepLatents:
         if self.cache is None:
             return new
         buf, p, T = self.cache.core[b], self.pos, self.T
+        if isinstance(p, torch.Tensor):  # static shapes (compiled fixed-depth decoding): write at p [T], read all
+            return buf[:, t].index_copy_(1, p, new)
         if rows is None:
             buf[:, t, p:p + T] = new
             return buf[:, t, :p + T]
@@ -146,6 +150,13 @@ class PerStepLatents:
             return
         p, T = self.pos, self.T
         S = self.cache.n_steps
+        if isinstance(p, torch.Tensor):  # static shapes: fixed depth only; later steps hold the last latent
+            if not isinstance(exit_steps, int):
+                raise ValueError("static-shape decoding runs at a fixed depth (no adaptive exit)")
+            for b, buf in enumerate(self.cache.core):
+                for t in range(exit_steps, S):
+                    buf[:, t].index_copy_(1, p, self.last[b])
+            return
         last = self.last[0]
         if isinstance(exit_steps, int):
             exit_steps = torch.full(last.shape[:2], exit_steps, dtype=torch.long, device=last.device)

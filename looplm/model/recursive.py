@@ -229,23 +229,41 @@ class RecursiveCausalLM(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(pos, pos + T, device=input_ids.device).expand(B, T)
         mask = self._mask(B, T, pos, cache, attention_mask, input_ids.device)
-        x = self.embed(input_ids)
-        rope = self.rope(position_ids, x.dtype)
-        for i, blk in enumerate(self.prelude):
-            x = blk(x, rope, mask, cache.prelude[i] if cache else None, pos, weights_t)
-        e = self.prelude_norm(x)
-        s, states, halts, exit_steps = self.run_core(e, steps, self.rope_core(position_ids, x.dtype), mask, cache,
-                                                      pos, grad_steps, return_states, return_halt, init_noise,
-                                                      halt_threshold, min_steps, step_table)
-        x = s
-        for i, blk in enumerate(self.coda):
-            x = blk(x, rope, mask, cache.coda[i] if cache else None, pos, weights_t)
+        x, (states, halts, exit_steps) = self._trunk(
+            input_ids, position_ids, mask, cache, pos, weights_t, steps=steps, grad_steps=grad_steps,
+            return_states=return_states, return_halt=return_halt, init_noise=init_noise,
+            halt_threshold=halt_threshold, min_steps=min_steps, step_table=step_table)
         if cache is not None:
             cache.pos = pos + T
         h = self.norm(x[:, -1:] if last_only else x)
         return ModelOutput(logits=project(h, self.lm_head, weights_t), hidden=h,
                            spec_logits=self.spec_logits(h, weights_t) if return_spec else None,
                            states=states, halt_probs=halts if return_halt else None, exit_steps=exit_steps)
+
+    def _trunk(self, input_ids, position_ids, mask, cache, pos, weights_t, **core):
+        """embed -> prelude -> core (`run_core(**core)`) -> coda: the coda output [B, T, d] and the core's
+        (states, halt probs, exit steps)."""
+        x = self.embed(input_ids)
+        rope = self.rope(position_ids, x.dtype)
+        for i, blk in enumerate(self.prelude):
+            x = blk(x, rope, mask, cache.prelude[i] if cache else None, pos, weights_t)
+        x, *rest = self.run_core(self.prelude_norm(x), rope=self.rope_core(position_ids, x.dtype), mask=mask,
+                                 cache=cache, pos=pos, **core)
+        for i, blk in enumerate(self.coda):
+            x = blk(x, rope, mask, cache.coda[i] if cache else None, pos, weights_t)
+        return x, rest
+
+    def decode_step(self, input_ids, position_ids, write_pos, mask, cache: ModelCache, steps: int,
+                    step_table: StepTable, weights_t: dict) -> torch.Tensor:
+        """Logits [B, T, V] of T new tokens at a fixed depth, with static shapes: the body that compiled
+        decoding (`looplm.generate.CompiledDecoder`) hands to torch.compile. The new keys and latents are
+        written at cache positions write_pos (a [T] tensor, not an int, so one graph serves every
+        position) and attention reads the whole cache, the bool mask [B, 1, T, max_len] hiding what is
+        not visible. Does not move `cache.pos` (the caller does)."""
+        x, _ = self._trunk(input_ids, position_ids, mask, cache, write_pos, weights_t, steps=steps, grad_steps=None,
+                           return_states=False, return_halt=False, init_noise=False, halt_threshold=None,
+                           min_steps=1, step_table=step_table)
+        return project(self.norm(x), self.lm_head, weights_t)
 
     def spec_logits(self, h: torch.Tensor, weights_t: dict | None = None) -> torch.Tensor:
         """Draft logits of the speculative heads for normed hidden states h [..., d] -> [..., K, V]:

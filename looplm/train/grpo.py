@@ -129,7 +129,7 @@ def rollout(model, tok, rows: list[dict], cfg: GRPOConfig, steps: int, seed: int
     prompt_ids_ = [prompt_ids(tok, r) for r in rows for _ in range(G)]  # [P*G], G consecutive copies
     gen = generate(model, prompt_ids_, GenerationConfig(
         max_new_tokens=cfg.max_new_tokens, steps=steps, temperature=cfg.temperature, top_k=cfg.top_k,
-        top_p=cfg.top_p, stop_tokens=(tok.eos_id,), seed=seed, pad_id=tok.pad_id))
+        top_p=cfg.top_p, stop_tokens=(tok.eos_id,), seed=seed, pad_id=tok.pad_id, compile=cfg.compile_rollouts))
     texts = [tok.decode([t for t in c if t != tok.eos_id], skip_special=False) for c in gen.tokens]
     scores = [score_completion(texts[i], rows[i // G], cfg.reward, cfg.reward_mode) for i in range(len(texts))]
     return Rollout(rows, prompt_ids_, gen.tokens, [not f for f in gen.finished], texts, scores)

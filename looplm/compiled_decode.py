@@ -1,0 +1,86 @@
+"""Compiled fixed-depth decoding: one `torch.compile`d graph per (batch, cache length, steps, dtype).
+
+Eager single-token decoding is dispatch-bound: about 1,500 aten ops per forward at R = 8, a few
+microseconds each, while the matmul work of a small batch is far less. `decode_compiled` keeps the
+eager prefill and replaces every decode forward by `RecursiveCausalLM.decode_step` under
+`torch.compile(fullgraph=True, dynamic=False)`, which inductor fuses into a few hundred kernels and
+matmul calls. One graph serves every position because the step has static shapes:
+
+- the cache is allocated at a bucketed length (the prompt plus the new tokens, rounded up to a
+  multiple of `LENGTH_BUCKET` and capped at the context), so calls with similar prompts share a graph;
+- the new token's keys and latents are written at a position given as a tensor (`index_copy_`), and
+  attention reads the whole cache under a bool mask of the positions written so far (`cache.valid`);
+- finished rows stay in the batch (fed the pad token, their output cut at the stop token) instead of
+  leaving it, since a smaller batch would be another graph.
+
+Output: the same token ids as eager `generate` for greedy decoding (up to float reassociation in the
+fused kernels, see the tests); for seeded sampling the same draws as eager as long as no row finishes
+before the last one (eager decoding drops finished rows, which changes the draws of the others).
+Fixed depth only: no adaptive exit, no speculative decoding (their control flow is per token).
+
+Costs: the first call of a new shape compiles (about 40-90 s on a 2-core CPU for `tiny`; inductor's
+on-disk cache makes a later process's first call a few seconds). Weights are graph inputs, so an
+optimizer step between calls needs no recompile. The compile cache is per code object, so many
+shapes or model instances in one process raise dynamo's recompile limit (`RECOMPILE_LIMIT`, applied
+during decoding); past it decoding raises instead of silently running eager.
+"""
+
+from __future__ import annotations
+
+import torch
+
+LENGTH_BUCKET = 32  # cache lengths are rounded up to a multiple of this (fewer distinct graphs)
+RECOMPILE_LIMIT = 64  # distinct (model, batch, length, steps, dtype) graphs per process
+
+_compiled = {}  # "step" -> the torch.compile wrapper of RecursiveCausalLM.decode_step (one per process)
+
+
+def bucketed_length(need: int, limit: int) -> int:
+    """Cache length for `need` positions: rounded up to a multiple of LENGTH_BUCKET, at most `limit`."""
+    return min(limit, -(-need // LENGTH_BUCKET) * LENGTH_BUCKET)
+
+
+def compiled_step():
+    """The shared compiled decode step (`RecursiveCausalLM.decode_step` as a plain function of the model)."""
+    if "step" not in _compiled:
+        from looplm.model.recursive import RecursiveCausalLM
+
+        _compiled["step"] = torch.compile(RecursiveCausalLM.decode_step, fullgraph=True, dynamic=False)
+    return _compiled["step"]
+
+
+def decode_compiled(model, ids, mask, pos, cfg, steps, tbl, sample_fn, gen, on_tokens=None):
+    """Prefill left-padded ids [B, P] (mask, positions pos [B, P]) eagerly, then decode up to
+    cfg.max_new_tokens tokens per row with the compiled step. Returns (tokens, passes): the new ids per
+    row (a stop token, if hit, is the last one) and the number of forward passes."""
+    device = ids.device
+    B, P = ids.shape
+    L = bucketed_length(P + cfg.max_new_tokens, model.config.max_seq_len)
+    cache = model.new_cache(B, L, steps)
+    out = model(ids, steps, cache=cache, attention_mask=mask, position_ids=pos, last_only=True, **tbl)
+    logits, passes = out.logits[:, -1], 1
+    pos = pos[:, -1:]  # [B, 1] position of each row's last token
+    valid = cache.valid.view(B, 1, 1, L)  # the attention mask of every decode step, updated in place
+    stop_set = set(cfg.stop_tokens)
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    done = [False] * B
+    step_fn = compiled_step()
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+        for i in range(cfg.max_new_tokens):
+            nxt = sample_fn(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen).tolist()  # B ids
+            for r in range(B):
+                if not done[r]:
+                    tokens[r].append(nxt[r])
+                    if on_tokens is not None:
+                        on_tokens(r, [nxt[r]])
+                    done[r] = nxt[r] in stop_set
+            if all(done) or i == cfg.max_new_tokens - 1:
+                break
+            feed = torch.tensor([[cfg.pad_id if d else t] for t, d in zip(nxt, done)], device=device)  # [B, 1]
+            write = torch.tensor([cache.pos], device=device)
+            cache.valid[:, cache.pos] = True
+            pos = pos + 1
+            logits = step_fn(model, feed, pos, write, valid, cache, steps, tbl["step_table"], tbl["weights_t"])[:, -1]
+            cache.pos += 1
+            passes += 1
+    return tokens, passes

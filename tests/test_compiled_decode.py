@@ -1,0 +1,93 @@
+"""Compiled decoding (`GenerationConfig(compile=True)`) against eager decoding, and the static-shape
+decode step it compiles against the plain forward."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from looplm.compiled_decode import LENGTH_BUCKET, bucketed_length
+from looplm.generate import GenerationConfig, generate
+from looplm.model import RecursiveCausalLM
+
+PROMPTS = [[5, 6, 7, 8, 9, 10], [11, 12, 13], [1, 2, 3, 4, 5, 6, 7, 8, 9], [42, 43]]  # left-padded in a batch
+
+
+def make(micro_config, mode="anchored", seed=0):
+    torch.manual_seed(seed)
+    m = RecursiveCausalLM(dataclasses.replace(micro_config, core_kv=mode)).double()
+    with torch.no_grad():  # make the step- and input-conditioned modulation matter
+        for n, p in m.named_parameters():
+            if any(k in n for k in ("g_step", "gate_proj")):
+                p.normal_(std=0.3)
+        m.embed.weight.normal_(std=1.0)  # sharp output distributions: greedy choices far from ties
+    return m.eval()
+
+
+@pytest.mark.parametrize("mode", ["anchored", "per_step"])
+def test_decode_step_equals_forward(micro_config, mode):
+    """The static-shape step (writes at a tensor position, reads the whole cache under a mask) gives the
+    logits of the plain forward over the whole sequence, token after token, with padded prompts."""
+    m = make(micro_config, mode)
+    steps = 3
+    from looplm.generate import _left_pad
+
+    ids, mask, pos = _left_pad(PROMPTS, 0, None)
+    B, P = ids.shape
+    L = 32
+    cache = m.new_cache(B, L, m.config.max_steps)
+    tbl = {"step_table": m.core.step_table(steps), "weights_t": m.transposed_weights()}
+    with torch.no_grad():
+        m(ids, steps, cache=cache, attention_mask=mask, position_ids=pos, **tbl)
+        seq, seq_mask = ids, mask
+        for i in range(5):
+            new = torch.tensor([[7 + i + r] for r in range(B)])
+            p = pos[:, -1:] + 1 + i
+            cache.valid[:, cache.pos] = True
+            got = m.decode_step(new, p, torch.tensor([cache.pos]), cache.valid.view(B, 1, 1, L), cache, steps,
+                                **tbl)
+            cache.pos += 1
+            seq, seq_mask = torch.cat([seq, new], 1), torch.cat([seq_mask, torch.ones_like(new, dtype=torch.bool)], 1)
+            full_pos = (seq_mask.long().cumsum(-1) - 1).clamp(min=0)
+            want = m(seq, steps, attention_mask=seq_mask, position_ids=full_pos).logits[:, -1:]
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+
+
+def test_bucketed_length():
+    assert bucketed_length(1, 512) == LENGTH_BUCKET
+    assert bucketed_length(LENGTH_BUCKET, 512) == LENGTH_BUCKET
+    assert bucketed_length(LENGTH_BUCKET + 1, 512) == 2 * LENGTH_BUCKET
+    assert bucketed_length(500, 512) == 512  # capped at the context
+
+
+def test_compile_refuses_what_it_cannot_do(micro_config):
+    m = make(micro_config)
+    for bad in (dict(speculative=True), dict(halt_threshold=0.5), dict(use_cache=False)):
+        with pytest.raises(ValueError, match="compile=True"):
+            GenerationConfig(compile=True, **bad).validate(m)
+
+
+@pytest.mark.parametrize("mode", ["anchored", "per_step"])
+def test_compiled_generate_equals_eager(micro_config, mode):
+    """Greedy with stop tokens (rows finish at different times: eager drops them, compiled keeps them),
+    seeded sampling without stops, and again after an in-place weight update (weights are graph inputs,
+    so the compiled graph must see the new values)."""
+    m = make(micro_config, mode)
+    stop = (11,)
+
+    def both(**kw):
+        return [generate(m, PROMPTS, GenerationConfig(max_new_tokens=12, steps=3, compile=c, **kw)) for c in (False, True)]
+
+    eager, comp = both(stop_tokens=stop)
+    assert comp.tokens == eager.tokens and comp.finished == eager.finished
+    assert comp.exit_steps == [[3] * len(t) for t in comp.tokens]
+    eager_s, comp_s = both(temperature=1.0, seed=5)
+    assert comp_s.tokens == eager_s.tokens
+    with torch.no_grad():  # an optimizer-like in-place update between calls
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    eager2, comp2 = both()
+    assert comp2.tokens == eager2.tokens
+    assert comp2.tokens != comp.tokens or eager2.tokens != eager.tokens  # the update changed the output
