@@ -47,3 +47,19 @@ def small_tokenizer():
     text = ["Algorithm: DFS\nGraph: A-[B,C], B-[D]. Start: A", "What is 12 + 30? 12 + 30 = 42. #### 42",
             "The capital of France is Paris."] * 10
     return Tokenizer.train(text, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def cpp_compiler() -> str:
+    """The C++ compiler torch.compile's CPU backend (inductor) uses; skips (visibly) when there is none."""
+    import shutil
+
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        path = shutil.which(get_cpp_compiler())
+    except Exception:  # noqa: BLE001 - inductor found no usable compiler
+        path = None
+    if path is None:
+        pytest.skip("torch.compile on CPU needs a C++ compiler (g++ or $CXX); none found")
+    return path

@@ -70,7 +70,7 @@ def test_compile_refuses_what_it_cannot_do(micro_config):
 
 
 @pytest.mark.parametrize("mode", ["anchored", "per_step"])
-def test_compiled_generate_equals_eager(micro_config, mode):
+def test_compiled_generate_equals_eager(micro_config, mode, cpp_compiler):
     """Greedy with stop tokens (rows finish at different times: eager drops them, compiled keeps them),
     seeded sampling without stops, and again after an in-place weight update (weights are graph inputs,
     so the compiled graph must see the new values)."""

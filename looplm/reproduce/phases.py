@@ -10,6 +10,9 @@ Beyond the report: `--replay F` mixes a share F of CLRS-Text DFS into SFT and GR
 runs are the control); maths SFT uses word problems with worked equations; outcome vs process reward
 from the same start at equal steps; the core-KV ablation.
 
+SFT samples the recurrence depth per update as pre-training does (same r̄ and truncated backprop), so
+the aligned model keeps working at every depth and AdaExit has depth to save.
+
 Simplification: GRPO prompts are verbal DFS + word problems (+ CLRS replay) for the outcome phase and
 word problems (+ CLRS replay, scored by its exact-match scorer) for the process phase: chat prompts
 carry no verifiable reward, so the math-heavy set's chat share is not used for RL.
@@ -126,6 +129,7 @@ def _sft(ctx: Context, out: Path, data: str, init: str) -> dict[str, Any]:
     b = ctx.budget
     res = train(SFTConfig(data=data, init=init, out=_s(out), steps=b.sft_steps, batch_size=b.sft_batch,
                           seq_len=min(512, 384), lr=b.sft_lr, warmup=20, eval_every=0, save_every=b.sft_steps,
+                          sample_depth=True, mean_steps=b.mean_steps, bptt_steps=b.bptt_steps,  # as pre-trained
                           keep=1, seed=ctx.cfg.seed, device=ctx.cfg.device, threads=_threads(ctx), progress=False,
                           log_every=10, resume=(out / "metrics.jsonl").exists()))
     if res.get("exit_code", 0) != 0:

@@ -73,7 +73,7 @@ def test_rollout_lays_out_g_consecutive_copies(ckpt, tmp_path):
     assert len(ro.completions) == 6 and len(ro.scores) == 6
 
 
-def test_compiled_rollouts_sample_the_same_completions(ckpt, tmp_path):
+def test_compiled_rollouts_sample_the_same_completions(ckpt, tmp_path, cpp_compiler):
     """--compile-rollouts decodes with the compiled step: the same seeded samples as eager decoding."""
     model, tok, _ = load_checkpoint(ckpt)
     rows = [{"prompt": "What is 1 + 2?", "answer": "3", "task": "arith"},
