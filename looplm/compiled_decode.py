@@ -18,8 +18,8 @@ fused kernels, see the tests); for seeded sampling the same draws as eager as lo
 before the last one (eager decoding drops finished rows, which changes the draws of the others).
 Fixed depth only: no adaptive exit, no speculative decoding (their control flow is per token).
 
-Measured (`benchmarks/bench_compiled_decode.py`, `tiny`, 1 thread): 1.4-1.7x eager's tokens/s at
-batch 1 and 8, 1.2x at batch 32, where the matmuls dominate either way.
+Measured (`benchmarks/bench_compiled_decode.py`, `tiny`, 1 thread): 2.6-2.7x eager's tokens/s at
+batch 1, 1.7-1.8x at batch 8, 1.3-1.4x at batch 32, where the matmuls dominate either way.
 
 Costs: the first call of a new shape compiles (about 40-90 s on a 2-core CPU for `tiny`; inductor's
 on-disk cache makes a later process's first call a few seconds). On a CPU, inductor needs a C++
@@ -36,7 +36,7 @@ import torch
 LENGTH_BUCKET = 32  # cache lengths are rounded up to a multiple of this (fewer distinct graphs)
 RECOMPILE_LIMIT = 64  # distinct (model, batch, length, steps, dtype) graphs per process
 
-_compiled = {}  # "step" -> the torch.compile wrapper of RecursiveCausalLM.decode_step (one per process)
+_compiled = {}  # device type -> the torch.compile wrapper of RecursiveCausalLM.decode_step (one per process)
 
 
 def bucketed_length(need: int, limit: int) -> int:
@@ -44,13 +44,17 @@ def bucketed_length(need: int, limit: int) -> int:
     return min(limit, -(-need // LENGTH_BUCKET) * LENGTH_BUCKET)
 
 
-def compiled_step():
-    """The shared compiled decode step (`RecursiveCausalLM.decode_step` as a plain function of the model)."""
-    if "step" not in _compiled:
+def compiled_step(device_type: str = "cpu"):
+    """The shared compiled decode step (`RecursiveCausalLM.decode_step` as a plain function of the model).
+    On a CPU, inductor's C++ wrapper calls the kernels instead of generated Python: about 1.5x faster
+    per step at batch 1 and 1.15x at batch 8 (a few hundred kernel and matmul calls per step)."""
+    if device_type not in _compiled:
         from looplm.model.recursive import RecursiveCausalLM
 
-        _compiled["step"] = torch.compile(RecursiveCausalLM.decode_step, fullgraph=True, dynamic=False)
-    return _compiled["step"]
+        options = {"cpp_wrapper": True} if device_type == "cpu" else None
+        _compiled[device_type] = torch.compile(RecursiveCausalLM.decode_step, fullgraph=True, dynamic=False,
+                                               options=options)
+    return _compiled[device_type]
 
 
 def decode_compiled(model, ids, mask, pos, cfg, steps, tbl, sample_fn, gen, on_tokens=None):
@@ -68,7 +72,7 @@ def decode_compiled(model, ids, mask, pos, cfg, steps, tbl, sample_fn, gen, on_t
     stop_set = set(cfg.stop_tokens)
     tokens: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    step_fn = compiled_step()
+    step_fn = compiled_step(device.type)
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
         for i in range(cfg.max_new_tokens):
             nxt = sample_fn(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen).tolist()  # B ids
