@@ -18,8 +18,10 @@ fused kernels, see the tests); for seeded sampling the same draws as eager as lo
 before the last one (eager decoding drops finished rows, which changes the draws of the others).
 Fixed depth only: no adaptive exit, no speculative decoding (their control flow is per token).
 
-Measured (`benchmarks/bench_compiled_decode.py`, `tiny`, 1 thread): 2.6-2.7x eager's tokens/s at
-batch 1, 1.7-1.8x at batch 8, 1.3-1.4x at batch 32, where the matmuls dominate either way.
+Measured (`benchmarks/bench_compiled_decode.py`, `tiny`, 1 thread, no stop tokens): 2.6-2.7x eager's
+tokens/s at batch 1, 1.7-1.8x at batch 8, 1.3-1.4x at batch 32, where the matmuls dominate either
+way. Where rows stop at EOS at different times, eager decoding's shrinking batch wins instead (`tiny`
+verbal-DFS eval at batch 32: 22 problems/s compiled vs 37 eager, `benchmarks/bench_eval.py`).
 
 Costs: the first call of a new shape compiles (about 40-90 s on a 2-core CPU for `tiny`; inductor's
 on-disk cache makes a later process's first call a few seconds). On a CPU, inductor needs a C++
