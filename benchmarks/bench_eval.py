@@ -1,7 +1,7 @@
 """Benchmark: `looplm eval` throughput in verbal-DFS problems/s for `tiny` at batch 32 (target >= 50/s).
 
     python benchmarks/bench_eval.py [--ckpt DIR | --random-init] [--n 128] [--batch-size 32] [--threads 1]
-                                    [--rounds 2] [--adaptive] [--compile] [--no-results]
+                                    [--rounds 2] [--adaptive] [--no-results]
 
 `--adaptive` decodes with the checkpoint's calibrated AdaExit (`looplm eval --adaptive`; e.g. `--ckpt
 runs/bench/tiny-dfs-halt`, written by `bench_adaexit.py`). The headline figure is the median of the
@@ -137,9 +137,6 @@ def main() -> int:
     ap.add_argument("--adaptive", action="store_true",
                     help="decode with the checkpoint's calibrated AdaExit threshold and minimum steps (from "
                          "`looplm calibrate-halt`, in its meta.json) instead of fixed depth R")
-    ap.add_argument("--compile", action="store_true",
-                    help="fixed-depth decoding with the torch.compile'd step (`looplm eval --compile`); the warm-up "
-                         "round compiles every batch shape")
     ap.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args()
     set_threads(args.threads)
@@ -152,12 +149,10 @@ def main() -> int:
         trained = "random" not in what
         budget = answer_budget(tok, exs) if trained else int(statistics.median(lengths))
         cfg = EvalConfig(ckpt=str(ckpt), tasks=("dfs-verbal",), n=args.n, batch_size=args.batch_size,
-                         max_new_tokens=budget, progress=False, print_table=False, write=False, compile=args.compile,
-                         **halt)
+                         max_new_tokens=budget, progress=False, print_table=False, write=False, **halt)
         prompts = sorted((format_prompt(tok, e, "chat")[1] for e in exs), key=len)
         batches = [prompts[i:i + args.batch_size] for i in range(0, len(prompts), args.batch_size)]
-        gcfg = GenerationConfig(max_new_tokens=budget, stop_tokens=(tok.eos_id,), pad_id=tok.pad_id,
-                                compile=args.compile, **halt)
+        gcfg = GenerationConfig(max_new_tokens=budget, stop_tokens=(tok.eos_id,), pad_id=tok.pad_id, **halt)
         last: dict = {}
 
         loop_seconds: list[float] = []
@@ -180,7 +175,6 @@ def main() -> int:
     rows = [
         ["model", what],
         ["items, batch, steps R, max_new_tokens", f"{args.n}, {args.batch_size}, {model.config.recurrence}, {budget}"],
-        ["decoding", "compiled step (`--compile`)" if args.compile else "eager"],
         ["depth", "fixed R" if halt["halt_threshold"] is None else
          f"AdaExit (calibrated tau {halt['halt_threshold']}, min steps {halt['min_steps']}); mean core steps "
          f"{m['exit_steps_mean']:.2f}"],
@@ -206,8 +200,7 @@ def main() -> int:
     table = markdown_table(["measurement", "value"], rows)
     print(table)
     if not args.no_results:
-        title = ("bench_eval: eval throughput (tiny, verbal DFS, batch 32" + (", AdaExit" if args.adaptive else "")
-                 + (", compiled" if args.compile else "") + ")")
+        title = "bench_eval: eval throughput (tiny, verbal DFS, batch 32" + (", AdaExit)" if args.adaptive else ")")
         append_section(title, table, machine_info(), command_line())
     return 0
 

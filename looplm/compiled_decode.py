@@ -10,8 +10,9 @@ matmul calls. One graph serves every position because the step has static shapes
   multiple of `LENGTH_BUCKET` and capped at the context), so calls with similar prompts share a graph;
 - the new token's keys and latents are written at a position given as a tensor (`index_copy_`), and
   attention reads the whole cache under a bool mask of the positions written so far (`cache.valid`);
-- finished rows stay in the batch (fed the pad token, their output cut at the stop token) instead of
-  leaving it, since a smaller batch would be another graph.
+- finished rows are fed the pad token (their output cut at the stop token); once half the batch or more
+  has finished, the batch continues at the next power of two that holds the live rows (one more graph
+  per bucket: 8 -> 4 -> 2 -> 1), where eager decoding drops rows at every eighth.
 
 Output: the same token ids as eager `generate` for greedy decoding (up to float reassociation in the
 fused kernels, see the tests); for seeded sampling the same draws as eager as long as no row finishes
@@ -20,8 +21,10 @@ Fixed depth only: no adaptive exit, no speculative decoding (their control flow 
 
 Measured (`benchmarks/bench_compiled_decode.py`, `tiny`, 1 thread, no stop tokens): 2.6-2.7x eager's
 tokens/s at batch 1, 1.7-1.8x at batch 8, 1.3-1.4x at batch 32, where the matmuls dominate either
-way. Where rows stop at EOS at different times, eager decoding's shrinking batch wins instead (`tiny`
-verbal-DFS eval at batch 32: 22 problems/s compiled vs 37 eager, `benchmarks/bench_eval.py`).
+way. It is opt-in (`generate(..., GenerationConfig(compile=True))`, `looplm grpo --compile-rollouts`):
+each (batch bucket, cache-length bucket) compiles once per process and model instance, 40-90 s cold on
+this CPU, so it pays for long runs with a steady batch (GRPO) and not for a one-off evaluation (a
+128-item `tiny` DFS eval compiled 4 graphs of 74-97 s each, then ran 1.1x eager's speed).
 
 Costs: the first call of a new shape compiles (about 40-90 s on a 2-core CPU for `tiny`; inductor's
 on-disk cache makes a later process's first call a few seconds). On a CPU, inductor needs a C++
@@ -59,38 +62,52 @@ def compiled_step(device_type: str = "cpu"):
     return _compiled[device_type]
 
 
+def batch_bucket(live: int) -> int:
+    """The batch a decode continues with when `live` rows are unfinished: the next power of two."""
+    return 1 << max(0, live - 1).bit_length()
+
+
 def decode_compiled(model, ids, mask, pos, cfg, steps, tbl, sample_fn, gen, on_tokens=None):
     """Prefill left-padded ids [B, P] (mask, positions pos [B, P]) eagerly, then decode up to
     cfg.max_new_tokens tokens per row with the compiled step. Returns (tokens, passes): the new ids per
-    row (a stop token, if hit, is the last one) and the number of forward passes."""
+    prompt (a stop token, if hit, is the last one) and the number of forward passes."""
     device = ids.device
     B, P = ids.shape
     L = bucketed_length(P + cfg.max_new_tokens, model.config.max_seq_len)
     cache = model.new_cache(B, L, steps)
     out = model(ids, steps, cache=cache, attention_mask=mask, position_ids=pos, last_only=True, **tbl)
     logits, passes = out.logits[:, -1], 1
-    pos = pos[:, -1:]  # [B, 1] position of each row's last token
-    valid = cache.valid.view(B, 1, 1, L)  # the attention mask of every decode step, updated in place
+    pos = pos[:, -1:]  # [b, 1] position of each row's last token
     stop_set = set(cfg.stop_tokens)
     tokens: list[list[int]] = [[] for _ in range(B)]
+    rows = list(range(B))  # the prompt index of each batch row
     done = [False] * B
     step_fn = compiled_step(device.type)
     with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
         for i in range(cfg.max_new_tokens):
-            nxt = sample_fn(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen).tolist()  # B ids
-            for r in range(B):
-                if not done[r]:
-                    tokens[r].append(nxt[r])
+            nxt = sample_fn(logits, cfg.temperature, cfg.top_k, cfg.top_p, gen).tolist()  # b ids
+            for j, r in enumerate(rows):
+                if not done[j]:
+                    tokens[r].append(nxt[j])
                     if on_tokens is not None:
-                        on_tokens(r, [nxt[r]])
-                    done[r] = nxt[r] in stop_set
+                        on_tokens(r, [nxt[j]])
+                    done[j] = nxt[j] in stop_set
             if all(done) or i == cfg.max_new_tokens - 1:
                 break
-            feed = torch.tensor([[cfg.pad_id if d else t] for t, d in zip(nxt, done)], device=device)  # [B, 1]
+            live = [j for j, d in enumerate(done) if not d]
+            if batch_bucket(len(live)) < len(rows):  # half the batch or more finished: continue with a
+                # power-of-two batch (live rows, topped up with finished ones), one graph per bucket
+                keep = live + [j for j, d in enumerate(done) if d][: batch_bucket(len(live)) - len(live)]
+                idx = torch.tensor(keep, device=device)
+                cache.keep_rows(idx)
+                rows, nxt, done, pos = [rows[j] for j in keep], [nxt[j] for j in keep], [done[j] for j in keep], pos[idx]
+            b = len(rows)
+            feed = torch.tensor([[cfg.pad_id if d else t] for t, d in zip(nxt, done)], device=device)  # [b, 1]
             write = torch.tensor([cache.pos], device=device)
             cache.valid[:, cache.pos] = True
             pos = pos + 1
-            logits = step_fn(model, feed, pos, write, valid, cache, steps, tbl["step_table"], tbl["weights_t"])[:, -1]
+            logits = step_fn(model, feed, pos, write, cache.valid.view(b, 1, 1, L), cache, steps, tbl["step_table"],
+                             tbl["weights_t"])[:, -1]
             cache.pos += 1
             passes += 1
     return tokens, passes

@@ -91,3 +91,27 @@ def test_compiled_generate_equals_eager(micro_config, mode, cpp_compiler):
     eager2, comp2 = both()
     assert comp2.tokens == eager2.tokens
     assert comp2.tokens != comp.tokens or eager2.tokens != eager.tokens  # the update changed the output
+
+
+def test_batch_buckets():
+    from looplm.compiled_decode import batch_bucket
+
+    assert [batch_bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 16, 17)] == [1, 2, 4, 4, 8, 8, 16, 16, 32]
+
+
+def test_finished_rows_leave_in_power_of_two_buckets(micro_config, cpp_compiler, monkeypatch):
+    """Rows that stop early shrink the compiled batch (4 -> 2 -> 1 here) and every row still decodes
+    exactly as in eager decoding."""
+    from looplm.model.cache import ModelCache
+
+    m = make(micro_config)
+    free = generate(m, PROMPTS, GenerationConfig(max_new_tokens=10, steps=3)).tokens
+    stops = (free[0][0], free[1][1])  # rows 0 and 1 stop within two tokens (others may too)
+    eager = generate(m, PROMPTS, GenerationConfig(max_new_tokens=10, steps=3, stop_tokens=stops))
+    assert sum(len(t) < 10 for t in eager.tokens) >= 2 and max(len(t) for t in eager.tokens) > 2
+    sizes = []
+    real = ModelCache.keep_rows
+    monkeypatch.setattr(ModelCache, "keep_rows", lambda self, rows: sizes.append(len(rows)) or real(self, rows))
+    comp = generate(m, PROMPTS, GenerationConfig(max_new_tokens=10, steps=3, stop_tokens=stops, compile=True))
+    assert comp.tokens == eager.tokens and comp.finished == eager.finished
+    assert sizes and all(n in (1, 2) for n in sizes), sizes  # shrank to a power of two below 4

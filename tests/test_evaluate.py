@@ -170,21 +170,6 @@ def test_adaptive_exit_and_speculative_run(ckpt):
     assert all(1 <= e <= 4 for e in rec["exit_steps"]) and sum(rec["accept_counts"]) == rec["new_tokens"]
 
 
-def test_compiled_decoding_gives_the_eager_records(ckpt, cpp_compiler, monkeypatch):
-    import looplm.generate
-
-    calls = []
-    real = looplm.generate.decode_compiled
-    monkeypatch.setattr(looplm.generate, "decode_compiled", lambda *a, **k: calls.append(1) or real(*a, **k))
-    eager = run_eval(quick(ckpt, tasks=("arith",), n=3, steps=2, write=False))
-    assert not calls
-    comp = run_eval(quick(ckpt, tasks=("arith",), n=3, steps=2, compile=True, write=False))
-    assert calls  # the compiled decoder ran
-    strip = [[{k: v for k, v in r.items() if k != "time"} for r in res["runs"][0]["records"]] for res in (eager, comp)]
-    assert strip[0] == strip[1] and eager["runs"][0]["metrics"] == comp["runs"][0]["metrics"]
-    assert comp["config"]["compile"] is True
-
-
 def test_adaptive_uses_the_checkpoints_calibration(ckpt, tmp_path, cfg256, small_tokenizer):
     from looplm.checkpoint import save_checkpoint
     from looplm.model import RecursiveCausalLM
@@ -251,8 +236,6 @@ def test_threshold_outside_unit_interval(ckpt, x):
     ({"n": 0}, "EvalConfig.n="), ({"steps": 3, "steps_sweep": (2, 3)}, "steps_sweep"),
     ({"tasks": ("gsm8k",)}, "EvalConfig.gsm8k"), ({"tasks": ("chat",)}, "EvalConfig.alpaca"),
     ({"steps": 99}, "max_steps"), ({"format": "plain"}, "EvalConfig.format"), ({"batch_size": 0}, "batch_size"),
-    ({"compile": True, "speculative": True}, "EvalConfig.compile"),
-    ({"compile": True, "halt_threshold": 0.5}, "EvalConfig.compile"),
 ])
 def test_bad_config_names_field(ckpt, kw, field, monkeypatch):
     no_model_load(monkeypatch)

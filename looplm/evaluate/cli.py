@@ -51,11 +51,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                            "calibrate-halt`); an error if it has none")
     p.add_argument("--min-steps", type=int, default=1, metavar="M", help="AdaExit: no exit before M steps (default: 1)")
     p.add_argument("--speculative", action="store_true", help="lossless speculative decoding (one prompt at a time)")
-    p.add_argument("--compile", action="store_true",
-                   help="fixed-depth decoding with the torch.compile'd step: same tokens, each new batch shape "
-                        "compiles once (C++ compiler needed on CPU); finished rows stay in the batch, so it pays "
-                        "when rows finish together and loses when they stop at EOS at different times "
-                        "(tiny DFS eval, batch 32: 22 vs 37 problems/s eager)")
     p.add_argument("--batch-size", type=int, default=32, metavar="B", help="prompts decoded together (default: 32)")
     p.add_argument("--max-new-tokens", type=int, metavar="N",
                    help=f"generation budget (default: per task, longest reference answer + {ANSWER_SLACK})")
@@ -84,7 +79,7 @@ def eval_config(args: argparse.Namespace, ckpt: str, out: str | None) -> Any:
     sweep = _int_list(args.steps_sweep, "--steps-sweep") if args.steps_sweep else None
     return EvalConfig(ckpt=ckpt, tasks=tasks, n=args.n, steps=args.steps, steps_sweep=sweep,
                       halt_threshold=args.halt_threshold, min_steps=args.min_steps, adaptive=args.adaptive,
-                      speculative=args.speculative, compile=args.compile,
+                      speculative=args.speculative,
                       batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, format=args.format,
                       gsm8k=args.gsm8k, alpaca=args.alpaca, exclude=tuple(args.exclude), out=out, seed=args.seed,
                       device=args.device, progress=not args.no_progress, plots=not args.no_plots)

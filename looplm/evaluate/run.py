@@ -43,7 +43,6 @@ class EvalConfig:
     min_steps: int = 1  # AdaExit: no exit before this step
     adaptive: bool = False  # AdaExit with the checkpoint's calibration (`looplm calibrate-halt`'s meta.json)
     speculative: bool = False  # lossless speculative decoding (greedy; one sequence at a time)
-    compile: bool = False  # fixed-depth decoding with the torch.compile'd step (looplm/compiled_decode.py)
     batch_size: int = 32  # prompts decoded together
     max_new_tokens: int | None = None  # None = per task, longest reference answer + items.ANSWER_SLACK
     format: str = "auto"  # prompt format: auto | chat | raw (see looplm.evaluate.items)
@@ -92,9 +91,6 @@ class EvalConfig:
                 raise bad("halt_threshold", "must be in (0, 1]")
         if self.adaptive and self.halt_threshold is not None:
             raise bad("adaptive", "give adaptive (the checkpoint's calibrated threshold) or halt_threshold, not both")
-        if self.compile and (self.speculative or self.adaptive or self.halt_threshold is not None):
-            raise bad("compile", "compiled decoding runs at a fixed depth: not with speculative, adaptive or "
-                                 "halt_threshold")
         if self.format not in FORMATS:
             raise bad("format", f"must be one of {', '.join(FORMATS)}")
         if "gsm8k" in tasks and not self.gsm8k:
@@ -210,8 +206,7 @@ def _run_task(model, tokenizer, task, it, steps, budget, cfg, progress) -> dict[
         res = eval_chat(model, tokenizer, it.examples, steps, batch_size=cfg.batch_size, progress=progress)
     else:
         spec = GenSpec(steps=steps, max_new_tokens=budget, batch_size=cfg.batch_size, fmt=_fmt(task, cfg),
-                       halt_threshold=cfg.halt_threshold, min_steps=cfg.min_steps, speculative=cfg.speculative,
-                       compile=cfg.compile)
+                       halt_threshold=cfg.halt_threshold, min_steps=cfg.min_steps, speculative=cfg.speculative)
         res = eval_generation(model, tokenizer, it.examples, task, spec, progress)
     return {"task": task, "steps": steps, **res}
 

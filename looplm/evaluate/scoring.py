@@ -49,7 +49,6 @@ class GenSpec:
     halt_threshold: float | None = None
     min_steps: int = 1
     speculative: bool = False
-    compile: bool = False  # fixed-depth decoding with the compiled step
 
 
 Progress = Callable[[Iterable, str, int], Iterable]
@@ -95,7 +94,7 @@ def eval_generation(model: Any, tokenizer: Any, examples: list[Example], task: s
         budget = min(spec.max_new_tokens, ctx - longest - reserve)
         cfg = GenerationConfig(max_new_tokens=budget, steps=spec.steps, stop_tokens=(tokenizer.eos_id,),
                                pad_id=tokenizer.pad_id, halt_threshold=spec.halt_threshold,
-                               min_steps=spec.min_steps, speculative=spec.speculative, compile=spec.compile)
+                               min_steps=spec.min_steps, speculative=spec.speculative)
         t1 = time.perf_counter()
         out = generate(model, [prompts[i][1] for i in batch], cfg)
         t_gen += time.perf_counter() - t1
