@@ -1,13 +1,13 @@
-"""Compiled fixed-depth decoding: one `torch.compile`d graph per (batch, cache length, steps, dtype).
+"""Compiled fixed-depth decoding: one `torch.compile`d graph per (batch, steps, dtype, model), any length.
 
 Eager single-token decoding is dispatch-bound: about 1,500 aten ops per forward at R = 8, a few
 microseconds each, while the matmul work of a small batch is far less. `decode_compiled` keeps the
 eager prefill and replaces every decode forward by `RecursiveCausalLM.decode_step` under
 `torch.compile(fullgraph=True, dynamic=False)`, which inductor fuses into a few hundred kernels and
-matmul calls. One graph serves every position because the step has static shapes:
+matmul calls. One graph serves every position and every prompt length:
 
-- the cache is allocated at a bucketed length (the prompt plus the new tokens, rounded up to a
-  multiple of `LENGTH_BUCKET` and capped at the context), so calls with similar prompts share a graph;
+- the cache length is the one dynamic dimension (`torch._dynamo.mark_dynamic`; the cache is allocated
+  at the prompt plus the new tokens rounded up to a multiple of `LENGTH_BUCKET`, so never below it);
 - the new token's keys and latents are written at a position given as a tensor (`index_copy_`), and
   attention reads the whole cache under a bool mask of the positions written so far (`cache.valid`);
 - finished rows are fed the pad token (their output cut at the stop token); once half the batch or more
@@ -19,19 +19,18 @@ fused kernels, see the tests); for seeded sampling the same draws as eager as lo
 before the last one (eager decoding drops finished rows, which changes the draws of the others).
 Fixed depth only: no adaptive exit, no speculative decoding (their control flow is per token).
 
-Measured (`benchmarks/bench_compiled_decode.py`, `tiny`, 1 thread, no stop tokens): 2.6-2.7x eager's
-tokens/s at batch 1, 1.7-1.8x at batch 8, 1.3-1.4x at batch 32, where the matmuls dominate either
-way. It is opt-in (`generate(..., GenerationConfig(compile=True))`, `looplm grpo --compile-rollouts`):
-each (batch bucket, cache-length bucket) compiles once per process and model instance, 40-90 s cold on
-this CPU, so it pays for long runs with a steady batch (GRPO) and not for a one-off evaluation (a
-128-item `tiny` DFS eval compiled 4 graphs of 74-97 s each, then ran 1.1x eager's speed).
+Measured (`benchmarks/bench_compiled_decode.py`, `tiny`, 1 thread, no stop tokens, two runs):
+1.6-2.7x eager's tokens/s at batch 1, 1.65-1.87x at batch 8, 1.17-1.43x at batch 32, where the
+matmuls dominate either way.
 
-Costs: the first call of a new shape compiles (about 40-90 s on a 2-core CPU for `tiny`; inductor's
-on-disk cache makes a later process's first call a few seconds). On a CPU, inductor needs a C++
-compiler (g++ or $CXX). Weights are graph inputs, so an
-optimizer step between calls needs no recompile. The compile cache is per code object, so many
-shapes or model instances in one process raise dynamo's recompile limit (`RECOMPILE_LIMIT`, applied
-during decoding); past it decoding raises instead of silently running eager.
+Costs: it is opt-in (`generate(..., GenerationConfig(compile=True))`, `looplm grpo
+--compile-rollouts`). Each batch bucket compiles once per process and model instance, about 60-90 s
+for `tiny` on this 2-core CPU (inductor's on-disk cache makes a later process's first call a few
+seconds). So it pays for long runs with a steady batch (GRPO), not for a one-off evaluation. On a CPU,
+inductor needs a C++ compiler (g++ or $CXX). Weights are graph inputs, so an optimizer step between
+calls needs no recompile. Dynamo's compile cache is per code object, so many batch sizes or model
+instances in one process raise its recompile limit (`RECOMPILE_LIMIT`, applied during decoding); past
+it decoding raises instead of silently running eager.
 """
 
 from __future__ import annotations
@@ -67,6 +66,16 @@ def batch_bucket(live: int) -> int:
     return 1 << max(0, live - 1).bit_length()
 
 
+def _length_dynamic(cache) -> None:
+    """Mark the cache length as a dynamic dimension of every cache buffer: one graph serves every length."""
+    for k, v in cache.prelude + cache.coda:  # [B, Hkv, L, hd]
+        torch._dynamo.mark_dynamic(k, 2)
+        torch._dynamo.mark_dynamic(v, 2)
+    for c in cache.core:  # anchored [B, L, E], per-step [B, S, L, E]
+        torch._dynamo.mark_dynamic(c, c.dim() - 2)
+    torch._dynamo.mark_dynamic(cache.valid, 1)  # [B, L]
+
+
 def decode_compiled(model, ids, mask, pos, cfg, steps, tbl, sample_fn, gen, on_tokens=None):
     """Prefill left-padded ids [B, P] (mask, positions pos [B, P]) eagerly, then decode up to
     cfg.max_new_tokens tokens per row with the compiled step. Returns (tokens, passes): the new ids per
@@ -77,6 +86,7 @@ def decode_compiled(model, ids, mask, pos, cfg, steps, tbl, sample_fn, gen, on_t
     cache = model.new_cache(B, L, steps)
     out = model(ids, steps, cache=cache, attention_mask=mask, position_ids=pos, last_only=True, **tbl)
     logits, passes = out.logits[:, -1], 1
+    _length_dynamic(cache)
     pos = pos[:, -1:]  # [b, 1] position of each row's last token
     stop_set = set(cfg.stop_tokens)
     tokens: list[list[int]] = [[] for _ in range(B)]
@@ -100,14 +110,16 @@ def decode_compiled(model, ids, mask, pos, cfg, steps, tbl, sample_fn, gen, on_t
                 keep = live + [j for j, d in enumerate(done) if d][: batch_bucket(len(live)) - len(live)]
                 idx = torch.tensor(keep, device=device)
                 cache.keep_rows(idx)
+                _length_dynamic(cache)
                 rows, nxt, done, pos = [rows[j] for j in keep], [nxt[j] for j in keep], [done[j] for j in keep], pos[idx]
             b = len(rows)
             feed = torch.tensor([[cfg.pad_id if d else t] for t, d in zip(nxt, done)], device=device)  # [b, 1]
             write = torch.tensor([cache.pos], device=device)
             cache.valid[:, cache.pos] = True
             pos = pos + 1
-            logits = step_fn(model, feed, pos, write, cache.valid.view(b, 1, 1, L), cache, steps, tbl["step_table"],
-                             tbl["weights_t"])[:, -1]
+            visible = cache.valid.view(b, 1, 1, L)  # the attention mask
+            torch._dynamo.mark_dynamic(visible, 3)
+            logits = step_fn(model, feed, pos, write, visible, cache, steps, tbl["step_table"], tbl["weights_t"])[:, -1]
             cache.pos += 1
             passes += 1
     return tokens, passes

@@ -115,3 +115,16 @@ def test_finished_rows_leave_in_power_of_two_buckets(micro_config, cpp_compiler,
     comp = generate(m, PROMPTS, GenerationConfig(max_new_tokens=10, steps=3, stop_tokens=stops, compile=True))
     assert comp.tokens == eager.tokens and comp.finished == eager.finished
     assert sizes and all(n in (1, 2) for n in sizes), sizes  # shrank to a power of two below 4
+
+
+def test_one_graph_serves_every_cache_length(micro_config, cpp_compiler):
+    """The cache length is dynamic: prompts that need a longer cache reuse the compiled graph."""
+    from torch._dynamo.utils import counters
+
+    m = make(micro_config)
+    short, long = [[5, 6, 7]] * 2, [list(range(3, 43))] * 2  # caches of 32 and 64 positions
+    cfg = GenerationConfig(max_new_tokens=6, steps=3, compile=True)
+    assert generate(m, short, cfg).tokens == generate(m, short, dataclasses.replace(cfg, compile=False)).tokens
+    graphs = counters["stats"]["unique_graphs"]
+    assert generate(m, long, cfg).tokens == generate(m, long, dataclasses.replace(cfg, compile=False)).tokens
+    assert counters["stats"]["unique_graphs"] == graphs
