@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import torch
 
-LENGTH_BUCKET = 32  # cache lengths are rounded up to a multiple of this (fewer distinct graphs)
-RECOMPILE_LIMIT = 64  # distinct (model, batch, length, steps, dtype) graphs per process
+LENGTH_BUCKET = 32  # cache lengths are multiples of this: never 0 or 1, sizes dynamo would specialise on
+RECOMPILE_LIMIT = 64  # distinct (model instance, batch, steps, dtype) graphs per process
 
 _compiled = {}  # device type -> the torch.compile wrapper of RecursiveCausalLM.decode_step (one per process)
 
