@@ -73,14 +73,20 @@ def test_rollout_lays_out_g_consecutive_copies(ckpt, tmp_path):
     assert len(ro.completions) == 6 and len(ro.scores) == 6
 
 
-def test_compiled_rollouts_sample_the_same_completions(ckpt, tmp_path, cpp_compiler):
+def test_compiled_rollouts_sample_the_same_completions(ckpt, tmp_path, cpp_compiler, monkeypatch):
     """--compile-rollouts decodes with the compiled step: the same seeded samples as eager decoding."""
+    import looplm.generate
+
+    calls = []
+    real = looplm.generate.decode_compiled
+    monkeypatch.setattr(looplm.generate, "decode_compiled", lambda *a, **k: calls.append(1) or real(*a, **k))
     model, tok, _ = load_checkpoint(ckpt)
     rows = [{"prompt": "What is 1 + 2?", "answer": "3", "task": "arith"},
             {"prompt": "What is 30 * 4?", "answer": "120", "task": "arith"}]
     eager, comp = (G.rollout(model, tok, rows, cfg_for(ckpt, tmp_path, compile_rollouts=c), steps=2, seed=3)
                    for c in (False, True))
     assert comp.completions == eager.completions and comp.scores == eager.scores
+    assert len(calls) == 1  # only the compile_rollouts=True rollout ran the compiled decoder
 
 
 def test_high_lr_updates_every_trainable_parameter_and_not_the_reference(ckpt, tmp_path, monkeypatch):
