@@ -3,7 +3,9 @@
 Every field is documented where it is declared. `ModelConfig.validate()` runs on construction and
 raises `ConfigError` naming the bad field and its allowed range. Presets:
 
-- `tiny`: the report's 4/2/4 layout at ~2M parameters, for the whole pipeline on a 2-core CPU;
+- `tiny`: ~0.9M parameters for the whole pipeline on a 2-core CPU: 1 prelude block, 1 core block unrolled
+  R = 4 times, 1 coda block, per-step core K/V (the report's 4/2/4 layout at R = 8 cost 2.2x the time
+  per update for the same accuracy on this CPU; `benchmarks/LEARNING_LOG.md` has the trials);
 - `small`: ~15M parameters, for CPU benchmarks and quick GPU runs;
 - `report-200m`: within 1% of the report's 124.13M physical / 176.29M virtual parameters at R = 8.
 
@@ -75,6 +77,9 @@ class ModelConfig:
     depth_gate_bias: float = 0.0
     """Initial gate bias b (0 -> alpha = 0.5 at init)."""
     state_init_std: float = 0.0
+    adapter_state_gain: float = 0.0
+    """Initial s-half of the adapter: W_s = gain * I (the state flows from step to step at init), or small
+    noise (std init_std) when 0. The e-half always starts as I, so step 0 (s_0 = 0) sees e either way."""
     """Training-time noise on s_0 (0 = deterministic s_0 = 0; the design's value is sqrt(2/(5d)))."""
     # --- heads ---
     n_spec_heads: int = 4
@@ -119,7 +124,7 @@ class ModelConfig:
             v = getattr(self, name)
             need(name, isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and v == v
                  and v != float("inf"), "must be a finite number > 0")
-        for name in ("depth_gate_bias",):
+        for name in ("depth_gate_bias", "adapter_state_gain"):
             v = getattr(self, name)
             need(name, isinstance(v, (int, float)) and abs(v) < 1e6, "must be a finite number")
         need("state_init_std", isinstance(self.state_init_std, (int, float)) and 0 <= self.state_init_std < 10,
@@ -149,7 +154,7 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(),
+    "tiny": ModelConfig(n_prelude=1, n_core=1, n_coda=1, recurrence=4, core_kv="per_step"),
     "small": ModelConfig(
         vocab_size=8192, max_seq_len=1024, d_model=384, n_heads=6, head_dim=64, n_kv_heads=2,
         mlp_hidden=1024, core_mlp_hidden=768, kv_latent_dim=64, rope_dim=32, mod_rank=8,

@@ -1,8 +1,12 @@
 """Byte-level BPE tokenizer (Hugging Face `tokenizers`), the chat template and the chat loss mask.
 
-- Pre-tokenisation: `Digits(individual_digits=True)` then `ByteLevel(add_prefix_space=False)`, so
-  every digit is its own token (arithmetic reads one digit per token) and any UTF-8 text round-trips
-  exactly: `decode(encode(s)) == s`. No normaliser (no Unicode or whitespace rewriting).
+- Pre-tokenisation: every whitespace character is its own pre-token, then `Digits(individual_digits=True)`,
+  then `ByteLevel(add_prefix_space=False)`. So a word never carries a leading space: a graph node is one
+  id wherever it appears (`B` in `A-[B,C]`, in `<search> B` and in `Path is [A, B]`; with GPT-2-style
+  pre-tokens it was `B` in one place and `ĠB` in another, two ids the model had to learn are one
+  node), every digit is its own token (arithmetic reads one digit per token), and any UTF-8 text
+  round-trips exactly: `decode(encode(s)) == s`. No normaliser (no Unicode or whitespace rewriting).
+  The cost: a space is a token of its own (about 1.3x the tokens of English or a DFS trace).
 - Special tokens (ids 0..7 in this order): `<|bos|>`, `<|eos|>`, `<|pad|>`, `<|system|>`, `<|user|>`,
   `<|assistant|>`, `<search>`, `<backtrack>`. The last two are ordinary "added" tokens (single ids,
   kept by `decode(skip_special=True)`, since they are part of verbal DFS traces); the first six are
@@ -29,7 +33,7 @@ import random
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as _HFTokenizer
 
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
@@ -75,6 +79,7 @@ def _added(content: str) -> AddedToken:
 def _empty_bpe() -> _HFTokenizer:
     tok = _HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s"), "isolated"),  # every whitespace char alone: one id per word/node
         pre_tokenizers.Digits(individual_digits=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])

@@ -159,3 +159,35 @@ def test_train_default_tokenizer_fast_and_covers_domains() -> None:
     assert train_default_tokenizer(vocab_size=2048, seed=0).sha256() == t.sha256()
     text = "Trace: <search> A <backtrack> B | [0 0 3 0] What is 95 * 98?"
     assert t.decode(t.encode(text)) == text
+
+
+def test_a_graph_node_is_one_id_everywhere() -> None:
+    """`B` in `A-[B,C]`, in `<search> B`, in `<backtrack> B` and in `Path is [A, B]` is the same id, for
+    every node label, with the default tokenizer (whitespace is never merged into a word)."""
+    from looplm.tasks import get_task
+    from looplm.tokenizer import train_default_tokenizer
+
+    tok = train_default_tokenizer()
+    for ex in get_task("dfs_verbal").generate(20, seed=3, min_nodes=8, max_nodes=10):
+        text = tok.chat_prompt(ex.prompt) + ex.answer
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        nodes = set(ex.meta["graph"])
+        seen: dict[str, set[int]] = {}
+        for i in ids:
+            piece = tok.decode([i])
+            letters = [c for c in piece if c.isupper() and len(piece.strip()) == 1]
+            if letters and letters[0] in nodes:
+                seen.setdefault(letters[0], set()).add(i)
+        for node in nodes:
+            ids_of_node = {i for i in ids if tok.decode([i]) == node}
+            assert ids_of_node, f"node {node} never appears as a token of its own"
+            assert seen[node] == ids_of_node == {tok.token_to_id(node)}, (node, seen[node])
+        # and no token glues a node letter to anything else (a space, a bracket, a comma)
+        assert not [tok.decode([i]) for i in ids if any(c in nodes for c in tok.decode([i]))
+                    and tok.decode([i]) not in nodes and tok.decode([i]).strip() in nodes]
+
+
+def test_whitespace_is_its_own_token(tok: Tokenizer) -> None:
+    pieces = [tok.decode([i]) for i in tok.encode("Path is [A, B]\nTrace: <search> A")]
+    assert all(p == p.strip() or p.isspace() and len(p) == 1 for p in pieces), pieces

@@ -16,7 +16,8 @@ with λ_t > τ; its state is frozen; rows whose tokens all exited leave the batc
 steps, so compute really shrinks. Incremental decoding passes a `ModelCache`.
 
 Design choices (see MODEL.md): e is RMS-normed before injection; W_adapt starts as [small noise | I]
-so that step 0 sees e; W_g starts at zero (α = sigmoid(scale · b)); speculative projections start at
+(or [gain * I | I] with `adapter_state_gain`, so the state flows through the steps from the start) so
+that step 0 sees e; W_g starts at zero (α = sigmoid(scale · b)); speculative projections start at
 zero; output projections are scaled by 1/sqrt(2 · effective depth).
 """
 
@@ -200,6 +201,8 @@ class RecursiveCausalLM(nn.Module):
         d = cfg.d_model
         self.core.adapter.weight.normal_(std=std)
         self.core.adapter.weight[:, d:] = torch.eye(d)  # step 0 sees e
+        if cfg.adapter_state_gain:  # W_s = gain * I: s_t reaches step t + 1 at init
+            self.core.adapter.weight[:, :d] = cfg.adapter_state_gain * torch.eye(d)
         nn.init.zeros_(self.core.gate_proj.weight)
         self.core.gate_bias.fill_(cfg.depth_gate_bias)
         for p in self.speculative_projs:

@@ -131,3 +131,42 @@ def test_benchmark_scripts_run(capsys):
                               "--batch", "1,2", "--no-save"]) == 0
     out = capsys.readouterr().out
     assert "1/1 rows identical" in out and "2/2 rows identical" in out
+
+
+def test_bench_learning_smoke(tmp_path):
+    """Both models train on the same stream for a few seconds, are scored on held-out graphs of the
+    trained and the larger sizes, and the JSON holds what the issue asks for; the checkpoint loads."""
+    import json
+
+    from benchmarks import bench_learning
+    from looplm.checkpoint import load_checkpoint
+
+    out = tmp_path / "r.json"
+    rc = bench_learning.main(["--task", "clrs-dfs", "--minutes", "0.03", "--threads", "1", "--eval-items", "3",
+                              "--depths", "1,2", "--set", "d_model=32", "--set", "n_heads=2", "--set", "head_dim=16",
+                              "--set", "n_kv_heads=1", "--set", "mlp_hidden=48", "--set", "core_mlp_hidden=32",
+                              "--set", "kv_latent_dim=16", "--set", "rope_dim=8", "--set", "recurrence=2",
+                              "--json", str(out), "--out", str(tmp_path / "ckpt"), "--sweep", "1e-3,3e-3",
+                              "--sweep-minutes", "0.01"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    lo, gpt = res["models"]["looplm"], res["models"]["gpt"]
+    assert set(lo["by_depth"]) == set(lo["val_loss_by_depth"]) == {"1", "2"}
+    assert set(lo["by_depth"]["2"]) == {"trained", "larger"}
+    sizes = {"4", "5", "6", "7"}
+    assert set(lo["by_size"]) == set(gpt["by_size"]) and set(lo["by_size"]) <= sizes
+    assert set(lo["by_size"]) & {"4", "5"} and set(lo["by_size"]) & {"6", "7"}  # trained and larger graphs
+    assert 0 <= lo["exact"] <= 1 and 0 <= gpt["exact"] <= 1
+    assert lo["updates"] >= 1 and gpt["updates"] >= 1
+    assert set(res["sweep"]) == {"looplm", "gpt"} and lo["lr"] in (1e-3, 3e-3)
+    model, tok, _ = load_checkpoint(tmp_path / "ckpt")
+    assert model.config.d_model == 32
+
+
+def test_bench_learning_batches_mask_the_question():
+    """The loss sees the answer and its EOS only, never the graph description or the padding."""
+    from benchmarks.bench_learning import IGNORE, make_batch
+
+    ids, tgt = make_batch([([1, 2, 3], [4, 5]), ([1, 2], [6, 7, 8, 9])], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3, 4, 0], [1, 2, 6, 7, 8]]
+    assert tgt.tolist() == [[IGNORE, IGNORE, 4, 5, IGNORE], [IGNORE, 6, 7, 8, 9]]

@@ -302,14 +302,14 @@ def test_report_200m_parameter_counts_match_report():
 
 def test_preset_sizes():
     tiny = RecursiveCausalLM(get_preset("tiny")).param_counts()["physical"]
-    assert 1e6 <= tiny <= 3e6
+    assert 0.5e6 <= tiny <= 3e6
     with torch.device("meta"):
         small = RecursiveCausalLM(get_preset("small")).param_counts()["physical"]
     assert 10e6 <= small <= 20e6
 
 
 def test_anchored_core_kv_bytes_do_not_grow_with_steps():
-    cfg = get_preset("tiny")
+    cfg = get_preset("tiny", core_kv="anchored")
     assert kv_bytes_per_token(cfg, 8)["core"] == kv_bytes_per_token(cfg, 32)["core"]
     per = cfg.replace(core_kv="per_step")
     assert kv_bytes_per_token(per, 32)["core"] == 4 * kv_bytes_per_token(per, 8)["core"]
