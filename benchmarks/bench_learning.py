@@ -22,7 +22,7 @@ wall-clock budget, one after the other in one run, scored on the same held-out g
    graph size; looplm at depths R/2, R, 2R and 4R, and its held-out loss at each depth.
 
 The JSON (`--json`) holds per model `exact` (trained sizes, at R for looplm), `by_size`, `updates`,
-`tokens`, `minutes`, `lr`; for looplm also `by_depth` ({depth: {"trained": .., "larger": ..}}) and
+`answer_tokens`, `minutes`, `lr`; for looplm also `by_depth` ({depth: {"trained": .., "larger": ..}}) and
 `val_loss_by_depth`. `--out DIR` saves the trained looplm as a checkpoint (`looplm eval --ckpt DIR`).
 
 Simplifications: one seed per run; the budget counts the training loop only (not evaluation); the
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -47,6 +46,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from benchmarks.common import command_line, machine_info  # noqa: E402
 from benchmarks.plain_gpt import PlainGPT, greedy_decode, matched_config  # noqa: E402
+from looplm.train import common as C  # noqa: E402
 from looplm.train.recipe import Recipe, depth_for_update, recipe_loss  # noqa: E402
 
 IGNORE = -100
@@ -125,23 +125,10 @@ def make_batch(items: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
 
 
 # ------------------------------------------------------------------------------------------ training
-def lr_at(update: int, base: float, warmup: int, frac: float, min_ratio: float = 0.1) -> float:
-    if update < warmup:
-        return base * (update + 1) / warmup
-    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-
-
-def build_optimizer(model, lr: float, wd: float):
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95))
-
-
 def train(kind: str, model, stream: Stream, recipe: Recipe, lr: float, minutes: float, bf16: bool,
           log_prefix: str) -> dict:
     """Train `model` for `minutes` of wall clock on `stream`; returns what it did."""
-    opt = build_optimizer(model, lr, recipe.weight_decay)
+    opt = C.build_optimizer(model, lr, recipe.weight_decay, (0.9, 0.95), torch.device("cpu"))
     params = [p for p in model.parameters() if p.requires_grad]
     budget, t0 = 60 * minutes, time.perf_counter()
     update, tokens, losses = 0, 0, []
@@ -149,7 +136,7 @@ def train(kind: str, model, stream: Stream, recipe: Recipe, lr: float, minutes: 
     while (elapsed := time.perf_counter() - t0) < budget:
         frac = elapsed / budget
         for g in opt.param_groups:
-            g["lr"] = lr_at(update, lr, recipe.warmup, frac)
+            g["lr"] = C.lr_at(update, lr, recipe.warmup, 1 << 62, 0.1, frac)  # the cosine follows the budget
         ids, tgt = stream.batch(update, recipe.batch_size)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             if kind == "looplm":

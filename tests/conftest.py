@@ -34,7 +34,8 @@ def micro_config():
     from looplm.config import get_preset
 
     return get_preset("tiny", vocab_size=320, max_seq_len=64, d_model=32, n_heads=2, head_dim=16,
-                      n_kv_heads=1, mlp_hidden=64, n_prelude=1, n_coda=1, core_mlp_hidden=48,
+                      n_kv_heads=1, mlp_hidden=64, n_prelude=1, n_coda=1, n_core=2, core_kv="anchored",
+                      core_mlp_hidden=48,
                       kv_latent_dim=16, rope_dim=8, mod_rank=2, step_emb_dim=16, recurrence=3,
                       max_steps=8, n_spec_heads=2)
 

@@ -77,8 +77,8 @@ def test_info_report_200m_matches_report_within_1_percent(capsys):
 
 
 def test_info_steps_and_core_kv(capsys):
-    r8 = info_json(capsys, "--preset", "tiny", "--steps", "8")
-    r16 = info_json(capsys, "--preset", "tiny", "--steps", "16")
+    r8 = info_json(capsys, "--preset", "tiny", "--steps", "8", "--core-kv", "anchored")
+    r16 = info_json(capsys, "--preset", "tiny", "--steps", "16", "--core-kv", "anchored")
     assert r16["physical_params"] == r8["physical_params"]
     assert r16["virtual_params"] - r8["virtual_params"] == 8 * r8["per_step_params"]
     assert r16["flops_per_token"] > r8["flops_per_token"]

@@ -1,5 +1,8 @@
 """The training recipe of the recurrence: how many steps each update runs, how many of them get
-gradients, and the loss; shared by `looplm pretrain`, `looplm sft` and `benchmarks/bench_learning.py`.
+gradients, and the loss, as `benchmarks/bench_learning.py` trains looplm (the research trials of
+`benchmarks/LEARNING_LOG.md` vary these fields). The Huginn sampler is the one `looplm pretrain` and
+`looplm sft` use (`looplm.train.common.sample_depth`); the values the trials chose are the `tiny`
+budget of `looplm reproduce` (`looplm/reproduce/config.py`: r̄ = R - 1, every step with gradients).
 
 - Depth per update (`Recipe.depth`):
   - `"huginn"`: `n = Poisson(LogNormal(log r̄ - σ²/2, σ)) + 1` (`looplm.train.common.sample_depth`),
@@ -34,10 +37,10 @@ DEPTH_MODES = ("huginn", "uniform", "fixed")
 
 @dataclass(frozen=True)
 class Recipe:
-    lr: float = 3e-3
-    """looplm learning rate (peak of the warm-up/cosine schedule)."""
-    gpt_lr: float = 3e-3
-    """The plain GPT baseline's learning rate (benchmarks only)."""
+    lr: float = 1e-3
+    """looplm learning rate (peak of the warm-up/cosine schedule; the sweep's pick for `tiny`)."""
+    gpt_lr: float = 1e-3
+    """The plain GPT baseline's learning rate (benchmarks only; its own sweep's pick)."""
     batch_size: int = 8
     warmup: int = 60
     weight_decay: float = 0.1
