@@ -19,7 +19,8 @@ wall-clock budget, one after the other in one run, scored on the same held-out g
    one with the lowest held-out loss (the same sweep for both: no strawman baseline).
 3. Evaluation: held-out graphs ("eval" split, never trained on) of the trained sizes and of larger
    ones (verbal DFS 9-10 nodes; CLRS-DFS n = 6-7), greedy decoding with the KV cache, exact answer by
-   graph size; looplm at depths R/2, R, 2R and 4R, and its held-out loss at each depth.
+   graph size; looplm at depths R/2, R, 2R and 4R, and its held-out loss at each depth (on a second set
+   of eval-split items, also the sweep's criterion, so the learning rate is not chosen on the scored items).
 
 The JSON (`--json`) holds per model `exact` (trained sizes, at R for looplm), `by_size`, `updates`,
 `answer_tokens`, `minutes`, `lr`; for looplm also `by_depth` ({depth: {"trained": .., "larger": ..}}) and
@@ -256,8 +257,10 @@ def main(argv=None) -> int:
     train_stream = Stream(tok, args.task, "train", spec["trained"], args.seed)
     eval_streams = {g: Stream(tok, args.task, "eval", spec[g], args.seed) for g in ("trained", "larger")}
     items = {g: st.examples(args.eval_items, seed=10_000 + args.seed) for g, st in eval_streams.items()}
-    val = [make_batch([eval_streams["trained"].encode(e) for e in items["trained"][i:i + 50]], tok.pad_id)
-           for i in range(0, min(len(items["trained"]), 200), 50)]
+    # held-out loss (the sweep's criterion and val_loss_by_depth) on other eval-split items than those scored
+    val_items = eval_streams["trained"].examples(min(args.eval_items, 200), seed=20_000 + args.seed)
+    val = [make_batch([eval_streams["trained"].encode(e) for e in val_items[i:i + 50]], tok.pad_id)
+           for i in range(0, len(val_items), 50)]
     seq_len = int(sum((ids.shape[1] for ids, _ in val)) / len(val))
     cfg = looplm_model(args, tok.vocab_size).config
     R = cfg.recurrence
