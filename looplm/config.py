@@ -4,8 +4,8 @@ Every field is documented where it is declared. `ModelConfig.validate()` runs on
 raises `ConfigError` naming the bad field and its allowed range. Presets:
 
 - `tiny`: ~0.9M parameters for the whole pipeline on a 2-core CPU: 1 prelude block, 1 core block unrolled
-  R = 4 times, 1 coda block, per-step core K/V (the report's 4/2/4 layout at R = 8 cost 2.2x the time
-  per update for the same accuracy on this CPU; `benchmarks/LEARNING_LOG.md` has the trials);
+  R = 4 times, 1 coda block, per-step core K/V (the report's 4/2/4 layout at R = 8 cost about 3x the
+  time per update on this CPU; `benchmarks/LEARNING_LOG.md` has the trials);
 - `small`: ~15M parameters, for CPU benchmarks and quick GPU runs;
 - `report-200m`: within 1% of the report's 124.13M physical / 176.29M virtual parameters at R = 8.
 

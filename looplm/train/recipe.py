@@ -79,8 +79,11 @@ class Recipe:
             bad("curriculum", "must be in [0, 1]")
         if not 0 <= self.deep_fraction <= 1:
             bad("deep_fraction", "must be in [0, 1]")
-        if self.mean_steps < 0 or self.sigma < 0 or self.weight_decay < 0 or self.clip <= 0:
-            bad("mean_steps", "mean_steps, sigma, weight_decay must be >= 0 and clip > 0")
+        for name in ("mean_steps", "sigma", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                bad(name, "must be >= 0")
+        if not self.clip > 0:
+            bad("clip", "must be > 0")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,7 +99,10 @@ class Recipe:
             if not sep or name not in fields:
                 raise ValueError(f"--recipe {pair!r}: expected FIELD=VALUE with FIELD one of {', '.join(fields)}")
             typ = type(getattr(cls(), name))
-            kw[name] = typ(value)
+            try:
+                kw[name] = typ(value)
+            except ValueError:
+                raise ValueError(f"--recipe {pair!r}: Recipe.{name} must be a {typ.__name__}") from None
         return cls(**kw)
 
 

@@ -17,7 +17,7 @@ CFG = get_preset("tiny", d_model=32, n_heads=2, head_dim=16, n_kv_heads=1, mlp_h
 
 
 @pytest.mark.parametrize("field,value", [("lr", 0.0), ("batch_size", 0), ("depth", "deep"), ("curriculum", 2.0),
-                                         ("bptt", -1)])
+                                         ("bptt", -1), ("sigma", -0.1), ("clip", 0.0)])
 def test_bad_field_is_named(field, value):
     with pytest.raises(ValueError, match=f"Recipe.{field}="):
         Recipe(**{field: value})
@@ -28,6 +28,8 @@ def test_from_overrides_parses_types_and_rejects_unknown():
     assert (r.bptt, r.depth, r.curriculum, r.warmup, r.batch_size) == (2, "uniform", 0.25, 7, Recipe().batch_size)
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         Recipe.from_overrides(["nope=1"])
+    with pytest.raises(ValueError, match="Recipe.bptt must be a int"):
+        Recipe.from_overrides(["bptt=two"])
 
 
 def test_fixed_depth_and_window():
