@@ -282,7 +282,7 @@ def eval_phase(ctx: Context) -> dict[str, Any]:
 def report_phase(ctx: Context) -> dict[str, Any]:
     from looplm.reproduce.report import write_report
 
-    md, html = write_report(ctx)
+    md, html = write_report(ctx, [p.name for p in phases(ctx.cfg)])
     return {"report_file": _s(md), "html_file": _s(html)}
 
 

@@ -298,10 +298,7 @@ def _replay(ctx) -> list[Block]:
             ("table", ["", "phase", "pre-SFT", "after", "after / pre-SFT"], rows)]
 
 
-def _times(ctx, manifest: dict) -> list[Block]:
-    from looplm.reproduce.phases import phases
-
-    order = [p.name for p in phases(ctx.cfg)]
+def _times(manifest: dict, order: list[str]) -> list[Block]:
     recs = manifest.get("phases", {})
     rows = [[name, recs[name].get("status"), _fmt((recs[name].get("seconds") or 0) / 60)]
             for name in order if name in recs and name != "report"]  # the report is being written now
@@ -310,7 +307,8 @@ def _times(ctx, manifest: dict) -> list[Block]:
 
 
 # ------------------------------------------------------------------------------------ rendering
-def build(ctx, manifest: dict) -> list[Block]:
+def build(ctx, manifest: dict, order: list[str]) -> list[Block]:
+    """The report's blocks; `order` is the pipeline's phase names in run order (for the wall-time table)."""
     figs = ctx.path("report_figures")
     cfg = ctx.cfg
     return [
@@ -324,7 +322,7 @@ def build(ctx, manifest: dict) -> list[Block]:
         ("h", 2, "6. The alignment tax"), *_tax(ctx),
         ("h", 3, "Replay of pre-training-format data"), *_replay(ctx),
         ("h", 2, "Core KV ablation (anchored vs per-step)"), *_ablation(ctx),
-        ("h", 2, "Wall time per phase"), *_times(ctx, manifest),
+        ("h", 2, "Wall time per phase"), *_times(manifest, order),
     ]
 
 
@@ -381,10 +379,13 @@ def to_html(blocks: list[Block]) -> str:
     return "".join(parts)
 
 
-def write_report(ctx) -> tuple[Path, Path]:
+def write_report(ctx, order: list[str]) -> tuple[Path, Path]:
+    """Write `report.md` and `report.html` into the run directory. `order` lists the phase names in
+    pipeline order; the caller (the report phase) passes it, so this module imports nothing from
+    `phases.py` and the two stay free of an import cycle."""
     from looplm.reproduce.runner import load_manifest
 
-    blocks = build(ctx, load_manifest(ctx.out))
+    blocks = build(ctx, load_manifest(ctx.out), order)
     md, page = ctx.path("report.md"), ctx.path("report.html")
     md.write_text(to_markdown(blocks, ctx.out))
     page.write_text(to_html(blocks))
