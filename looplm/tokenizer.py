@@ -14,13 +14,17 @@
 - Literal special-token strings in input text (e.g. a document containing "<|eos|>") are encoded as
   the special token's single id, like every HF tokenizer; the text still round-trips through
   `decode(..., skip_special=False)`. Builders that must not see them can check `has_special_text`.
-- Chat template: `"<|user|>\\n{prompt}\\n<|assistant|>\\n"` then `"{response}<|eos|>"`; prompt and
-  response are encoded separately (exactly what generation sees: the prompt is encoded alone, then
-  the model emits response tokens), so the loss mask is 1 exactly on the response tokens and EOS.
+- Chat template, per message: system `"<|system|>\\n{content}\\n"` (first message only), user
+  `"<|user|>\\n{content}\\n"`, assistant `"<|assistant|>\\n{content}<|eos|>"`; a generation prompt is
+  `"<|assistant|>\\n"`. One user turn and its response is the report's format, byte for byte:
+  `"<|user|>\\n{prompt}\\n<|assistant|>\\n{response}<|eos|>"`. Any other role raises
+  `ChatTemplateError`. The pieces are encoded separately (exactly what generation sees: the prompt
+  is encoded alone, then the model emits response tokens), so the loss mask is 1 exactly on the
+  assistant contents and their EOS; the HF template marks the same span with `{% generation %}`.
 - Saved as one `tokenizer.json`, loadable by `transformers.PreTrainedTokenizerFast(tokenizer_file=)`.
 
-Simplifications: no BOS is added unless asked (pre-training documents are joined by EOS); no system
-prompt in the template; `train_default_tokenizer` trains on generated task text plus a small built-in
+Simplifications: no BOS is added unless asked (pre-training documents are joined by EOS); no tool
+or other roles in the template; `train_default_tokenizer` trains on generated task text plus a small built-in
 English sample, not on a real corpus.
 """
 
@@ -45,11 +49,20 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 HF_CONFIG_FILE = "tokenizer_config.json"
-# Jinja chat template for transformers' apply_chat_template: the same text as `chat_prompt` /
-# `encode_chat` (user and assistant turns; other roles are not part of looplm's template).
+CHAT_ROLES = ("system", "user", "assistant")
+# Jinja chat template for transformers' apply_chat_template: the same text as `chat_text` /
+# `encode_messages`. `{% generation %}` marks what SFT learns (assistant content and its EOS), so
+# `return_assistant_tokens_mask=True` gives the same mask as `encode_messages`. An unsupported role,
+# or a system message after the first, raises (nothing is dropped).
 HF_CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}<|user|>\n{{ m['content'] }}\n"
-    "{% elif m['role'] == 'assistant' %}<|assistant|>\n{{ m['content'] }}<|eos|>{% endif %}{% endfor %}"
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' and loop.first %}<|system|>\n{{ m['content'] }}\n"
+    "{% elif m['role'] == 'user' %}<|user|>\n{{ m['content'] }}\n"
+    "{% elif m['role'] == 'assistant' %}<|assistant|>\n{% generation %}{{ m['content'] }}<|eos|>{% endgeneration %}"
+    "{% elif m['role'] == 'system' %}{{ raise_exception('looplm chat template: a system message must be the "
+    "first message') }}"
+    "{% else %}{{ raise_exception('looplm chat template: unsupported role ' ~ m['role'] ~ '; the roles are system "
+    "(first message only), user and assistant') }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
@@ -69,6 +82,35 @@ def _write_atomic(path: Path, text: str) -> None:
 
 class TokenizerError(ValueError):
     """A tokenizer file is missing, unreadable or lacks the looplm special tokens."""
+
+
+class ChatTemplateError(ValueError):
+    """A conversation the chat template cannot write (an unsupported role, a misplaced system message)."""
+
+
+_ROLE_TAGS = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+
+
+def chat_segments(messages: list[dict], add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
+    """The chat template as (text, learned) pieces whose concatenation is the conversation's text;
+    `learned` marks each assistant turn's content and EOS (what SFT scores)."""
+    out: list[tuple[str, bool]] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+            raise ChatTemplateError(f"message {i}: expected {{'role': ..., 'content': str}}, got {m!r}"[:200])
+        role = m.get("role")
+        if role not in _ROLE_TAGS:
+            raise ChatTemplateError(f"message {i}: unsupported role {role!r}; looplm's chat template has the roles "
+                                    f"system (first message only), user and assistant")
+        if role == "system" and i:
+            raise ChatTemplateError(f"message {i}: a system message must be the first message")
+        if role == "assistant":
+            out += [(f"{ASSISTANT}\n", False), (m["content"] + EOS, True)]
+        else:
+            out.append((f"{_ROLE_TAGS[role]}\n{m['content']}\n", False))
+    if add_generation_prompt:
+        out.append((f"{ASSISTANT}\n", False))
+    return out
 
 
 def _added(content: str) -> AddedToken:
@@ -187,14 +229,30 @@ class Tokenizer:
 
     # ---------------------------------------------------------------- chat
     def chat_prompt(self, prompt: str) -> str:
-        """The chat template up to and including the assistant tag (what generation is fed)."""
+        """The chat template of one user turn up to and including the assistant tag (what generation
+        is fed)."""
         return f"{USER}\n{prompt}\n{ASSISTANT}\n"
 
+    def chat_text(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """The chat template's text of a conversation (as `HF_CHAT_TEMPLATE` renders it)."""
+        return "".join(t for t, _ in chat_segments(messages, add_generation_prompt))
+
+    def encode_messages(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
+        """(ids, mask) of a conversation: mask 1 exactly on each assistant turn's content tokens and
+        its EOS. Each piece is encoded on its own; the pieces meet at a newline or a special token,
+        both token boundaries, so the ids equal `encode(chat_text(messages))`."""
+        ids: list[int] = []
+        mask: list[int] = []
+        for text, learned in chat_segments(messages, add_generation_prompt):
+            piece = self.encode(text)
+            ids += piece
+            mask += [int(learned)] * len(piece)
+        return ids, mask
+
     def encode_chat(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
-        """(ids, mask): prompt part masked 0, response tokens and the final EOS masked 1."""
-        p = self.encode(self.chat_prompt(prompt))
-        r = self.encode(response) + [self.eos_id]
-        return p + r, [0] * len(p) + [1] * len(r)
+        """(ids, mask) of one user prompt and one response: prompt part masked 0, response tokens
+        and the final EOS masked 1."""
+        return self.encode_messages([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size}, sha256={self.sha256()[:12]})"

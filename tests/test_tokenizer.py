@@ -191,3 +191,69 @@ def test_a_graph_node_is_one_id_everywhere() -> None:
 def test_whitespace_is_its_own_token(tok: Tokenizer) -> None:
     pieces = [tok.decode([i]) for i in tok.encode("Path is [A, B]\nTrace: <search> A")]
     assert all(p == p.strip() or p.isspace() and len(p) == 1 for p in pieces), pieces
+
+
+# ----------------------------------------------------------------------------- multi-turn chat template
+
+_content = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+_turns = st.lists(st.tuples(_content, _content), min_size=1, max_size=4)
+
+
+def _conversation(system: str | None, turns: list[tuple[str, str]]) -> list[dict]:
+    msgs = [{"role": "system", "content": system}] if system is not None else []
+    for u, a in turns:
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    return msgs
+
+
+def _naive_text(msgs: list[dict]) -> str:
+    """The template written out by hand, one f-string per role."""
+    tags = {"system": "<|system|>\n{}\n", "user": "<|user|>\n{}\n", "assistant": "<|assistant|>\n{}<|eos|>"}
+    return "".join(tags[m["role"]].format(m["content"]) for m in msgs)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(st.none(), _content), _turns)
+def test_encode_messages_is_the_joint_encoding_with_assistant_mask(tok: Tokenizer, system, turns) -> None:
+    msgs = _conversation(system, turns)
+    ids, mask = tok.encode_messages(msgs)
+    assert tok.chat_text(msgs) == _naive_text(msgs)
+    assert ids == tok.encode(_naive_text(msgs))  # piecewise encoding == encoding the whole text
+    learned = [t for t, m in zip(ids, mask) if m]
+    assert tok.decode(learned) == "".join(a + "<|eos|>" for _, a in turns)  # exactly the assistant spans
+    assert sum(t == tok.eos_id for t in learned) == len(turns)
+
+
+def test_single_turn_format_is_unchanged(tok: Tokenizer) -> None:
+    msgs = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}]
+    assert tok.chat_text(msgs) == "<|user|>\nWhat is 2 + 3?\n<|assistant|>\n5<|eos|>"
+    assert tok.encode_messages(msgs) == tok.encode_chat("What is 2 + 3?", "5")
+    assert tok.chat_text(msgs[:1], add_generation_prompt=True) == tok.chat_prompt("What is 2 + 3?")
+    assert tok.encode_messages(msgs[:1], add_generation_prompt=True)[0] == tok.encode(tok.chat_prompt("What is 2 + 3?"))
+
+
+def test_unsupported_roles_raise(tok: Tokenizer) -> None:
+    from looplm.tokenizer import ChatTemplateError
+
+    with pytest.raises(ChatTemplateError, match="unsupported role 'tool'"):
+        tok.encode_messages([{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}])
+    with pytest.raises(ChatTemplateError, match="system message must be the first"):
+        tok.chat_text([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}])
+    with pytest.raises(ChatTemplateError, match="message 0"):
+        tok.chat_text([{"role": "user", "content": 3}])
+
+
+def test_hf_template_assistant_mask_and_errors(tok: Tokenizer, tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    tok.save(tmp_path)
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    msgs = _conversation("Be brief.", [("What is 2 + 3?", "5"), ("And 4 + 4?", "It is 8.")])
+    assert auto.apply_chat_template(msgs, tokenize=False) == tok.chat_text(msgs)
+    out = auto.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = tok.encode_messages(msgs)
+    assert list(out["input_ids"]) == ids
+    assert list(out["assistant_masks"]) == mask and sum(mask) == len(tok.encode("5")) + len(tok.encode("It is 8.")) + 2
+    for bad, why in (([{"role": "tool", "content": "x"}], "unsupported role tool"),
+                     ([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}], "first message")):
+        with pytest.raises(Exception, match=why):
+            auto.apply_chat_template(bad, tokenize=False)
