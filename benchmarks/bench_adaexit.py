@@ -10,8 +10,8 @@ the real adaptive forward, then checked by adaptive greedy decoding against full
 Tokens/s of full-depth vs adaptive greedy decoding at batch 1 and 8 are measured interleaved in
 the same run (alternating order), so load from other processes hits both alike; the ratio is the
 figure, absolute tokens/s are noisy. Targets: >= 35% core FLOPs saved at decode positions with
->= 99% agreement, >= 1.25x tokens/s at batch 1. Appends a section to `benchmarks/RESULTS.md`
-(`--no-results` to skip) and writes the calibrated checkpoint (used by `bench_speculative.py`).
+>= 99% agreement, >= 1.25x tokens/s at batch 1. Writes the record `benchmarks/results/bench_adaexit.json`
+(`--no-results` to skip) and the calibrated checkpoint (used by `bench_speculative.py`).
 
 Simplification: one seed, one machine; the model is a stand-in trained for minutes, not the report's.
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from common import append_section, machine_info, markdown_table  # noqa: E402
+from benchmarks.common import figure, markdown_table, write_record  # noqa: E402
 from looplm.calibrate import HaltCalibConfig, calibrate_halt  # noqa: E402
 from looplm.calibrate.halt_cmd import summary  # noqa: E402
 from tiny_dfs_model import DEFAULT_DIR, DEFAULT_MINUTES, ensure_model  # noqa: E402
@@ -84,6 +84,23 @@ def checks(res: dict) -> list[tuple[str, float, str, bool]]:
             ("tokens/s speedup, batch 1", s, f">= {TARGET_SPEEDUP}x", s >= TARGET_SPEEDUP)]
 
 
+def figures(res: dict, dec: list[dict]) -> list[dict]:
+    """The record's figures: the three judged ones, then batch 8 and whole-generation agreement."""
+    c, g, sp = res["chosen"], res["generation"], res["speed"]
+    return [figure("core FLOPs saved at decode positions", round(100 * c["core_flops_saved"], 1), "%",
+                   f">= {100 * TARGET_SAVED:g}", headline=True),
+            figure("greedy agreement with full depth (per token)", round(100 * c["agreement"], 1), "%",
+                   f">= {100 * TARGET_AGREE:g}", headline=True),
+            figure("tokens/s speedup over full depth, batch 1", round(sp["batch_1"]["speedup"], 2), "x",
+                   f">= {TARGET_SPEEDUP}", headline=True),
+            *[figure(f"tokens/s speedup over full depth, batch {k.removeprefix('batch_')}", round(v["speedup"], 2),
+                     "x") for k, v in sp.items() if k.startswith("batch_") and k != "batch_1"],
+            figure("adaptive greedy outputs identical to full depth", round(100 * g["exact_match_frac"], 1), "%"),
+            figure("chosen threshold tau / min steps", f"{c['tau']} / {c['min_steps']}"),
+            *[figure(f"identical outputs at tau = {r['tau']}", round(100 * r["exact_match_frac"], 1), "%")
+              for r in dec if r["tau"] != c["tau"]]]
+
+
 def report(res: dict, dec: list[dict]) -> str:
     c, g, sp = res["chosen"], res["generation"], res["speed"]
     dec_rows = [[r["tau"], f"{r['exact_match_frac']:.1%}", f"{r['prefix_agreement']:.2%}",
@@ -124,15 +141,17 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=200, help="dfs_verbal prompts (25%% held out)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
     ap.add_argument("--train-minutes", type=float, default=DEFAULT_MINUTES, help="if the model must be trained")
-    ap.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-results", action="store_true", help="do not write benchmarks/results/bench_adaexit.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     res = run(Path(args.ckpt), Path(args.out), args.n, args.repeats, args.train_minutes)
     print(summary(res))
-    body = report(res, decode_sweep(res))
+    dec = decode_sweep(res)
+    body = report(res, dec)
     print(body)
     if not args.no_results:
-        append_section("AdaExit (bench_adaexit.py)", body, machine_info())
+        write_record("bench_adaexit", figures(res, dec), script=__file__, details=body,
+                     title="AdaExit on the tiny verbal-DFS model: core FLOPs saved at >= 99% agreement, speedup")
     return 0 if all(ok for *_, ok in checks(res)) else 1
 
 

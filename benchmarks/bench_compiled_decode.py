@@ -7,7 +7,8 @@ seeded sampling (temperature 1, as GRPO's rollouts) are both timed; the two deco
 order (`common.interleaved`) and the table gives the median seconds per call, tokens/s and the ratio.
 It also reports the one-time cost of the first compiled call of each shape (compile + first run;
 inductor's on-disk cache makes a repeat in a later process much cheaper) and whether both decoders
-produced the same tokens.
+produced the same tokens. Writes the record `benchmarks/results/bench_compiled_decode-PRESET.json`
+(`--no-save` to skip).
 
     python benchmarks/bench_compiled_decode.py [--preset tiny] [--batch 1,8,32] [--new-tokens 64]
         [--rounds 3] [--threads 1] [--no-save]
@@ -29,8 +30,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
 import torch  # noqa: E402
 
-from benchmarks.common import (append_section, command_line, interleaved, machine_info, markdown_table,  # noqa: E402
-                               set_threads)
+from benchmarks.common import figure, interleaved, markdown_table, set_threads, write_record  # noqa: E402
 from looplm.config import PRESETS, get_preset  # noqa: E402
 from looplm.generate import GenerationConfig, generate  # noqa: E402
 from looplm.model import RecursiveCausalLM  # noqa: E402
@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per decoder (median reported)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-save", action="store_true",
+                    help="do not write benchmarks/results/bench_compiled_decode-PRESET.json")
     args = ap.parse_args(argv)
     try:
         args.batch = [int(x) for x in args.batch.split(",") if x.strip()]
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     model = RecursiveCausalLM(get_preset(args.preset)).eval()
     R = model.config.recurrence
     rng = random.Random(0)
-    rows = []
+    rows, figs, all_same = [], [], True
     for B in args.batch:
         prompts = [[rng.randrange(5, model.config.vocab_size) for _ in range(rng.randint(args.prompt_len // 2,
                                                                                          args.prompt_len))]
@@ -81,6 +82,10 @@ def main(argv=None) -> int:
             rows.append([B, mode, f"{e:.3f}", f"{c:.3f}", f"{n_tok / e:.0f}", f"{n_tok / c:.0f}", f"**{e / c:.2f}x**",
                          f"{1e3 * c / args.new_tokens:.2f}", f"{first_s:.1f}", "yes" if same else "NO"])
             print(rows[-1], flush=True)
+            all_same = all_same and same
+            figs.append(figure(f"compiled / eager tokens/s, batch {B}, {mode}, {args.new_tokens} new tokens",
+                               round(e / c, 2), "x", headline=mode == "greedy" and B <= 8))
+            figs.append(figure(f"first compiled call (compile included), batch {B}, {mode}", round(first_s, 1), " s"))
     table = markdown_table(["batch", "decoding", "eager s", "compiled s", "eager tok/s", "compiled tok/s",
                             "compiled / eager speed", "compiled ms/token step", "first compiled call s",
                             "same tokens"], rows)
@@ -90,7 +95,10 @@ def main(argv=None) -> int:
             f"(less when inductor's on-disk cache already holds it).\n\n" + table)
     print(body)
     if not args.no_save:
-        append_section(f"bench_compiled_decode: {args.preset}", body, machine_info(), command_line())
+        figs.insert(0, figure("compiled and eager decoding give the same tokens, every row", all_same,
+                              target="== true", headline=True))
+        write_record(f"bench_compiled_decode-{args.preset}", figs, script=__file__, details=body,
+                     title=f"compiled vs eager fixed-depth decoding, `{args.preset}` at R = {R}")
     return 0
 
 

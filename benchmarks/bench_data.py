@@ -1,10 +1,12 @@
 """Benchmark: build a pre-training mixture (default 5M tokens, 50/33/17) and report time and memory.
 
 Targets: < 120 s and peak RSS < 2 GB for 5M tokens. Also times the default tokenizer (target < 5 s
-for vocab 2048). The text domain reads `../shared/data/wikitext2/wiki.test.raw` (re-read as needed,
-`--allow-repeat`), or a synthetic text file when the shared data is absent. Run:
+for vocab 2048). The text domain reads `wikitext2/wiki.test.raw` of the shared data directory
+(`$LOOPLM_SHARED_DATA`, see the README's "Data sources"; re-read as needed, `--allow-repeat`), or a
+synthetic text file when the shared data is absent (the record says which). Writes the record
+`benchmarks/results/bench_data.json` (`--no-save` to skip). Run:
 
-    python benchmarks/bench_data.py [--tokens 5000000] [--tracemalloc]
+    python benchmarks/bench_data.py [--tokens 5000000] [--tracemalloc] [--no-save]
 
 Peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` of this process (it includes the Python
 interpreter and libraries); `--tracemalloc` also reports the peak of Python-level allocations during
@@ -28,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
+from benchmarks.common import figure, write_record  # noqa: E402
 from looplm.data.mixture import MixConfig, build_pretrain_mix  # noqa: E402
 from looplm.tokenizer import train_default_tokenizer  # noqa: E402
 
@@ -55,6 +58,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=5_000_000)
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--tracemalloc", action="store_true", help="also measure the Python allocation peak")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/bench_data.json")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -82,6 +86,17 @@ def main() -> int:
     ok = dt < TARGET_S and rss_gb() < TARGET_RSS_GB
     print(f"targets (< {TARGET_S:.0f} s, < {TARGET_RSS_GB} GB): {'OK' if ok else 'MISSED'}"
           + (" (time inflated by --tracemalloc)" if args.tracemalloc else ""))
+    if not args.no_save:
+        judged = args.tokens == 5_000_000 and not args.tracemalloc  # the targets are for 5M tokens, untraced
+        figs = [figure(f"seconds to build a {args.tokens:,}-token mixture", round(dt, 1), " s",
+                       f"< {TARGET_S:g}" if judged else None),
+                figure("peak RSS of the build process", round(rss_gb(), 3), " GB",
+                       f"< {TARGET_RSS_GB:g}" if judged else None),
+                figure(f"seconds to train the default tokenizer (vocab {args.vocab})", round(t_tok, 2), " s",
+                       f"< {TARGET_TOK_S:g}" if args.vocab == 2048 else None),
+                figure("mixture tokens/s", round(m["train"]["tokens"] / dt), " tokens/s")]
+        write_record("bench_data", figs, script=__file__, title="building a pre-training mixture: time and memory",
+                     notes=[f"text source: {text}"])
     return 0
 
 

@@ -3,6 +3,9 @@
     python benchmarks/bench_eval.py [--ckpt DIR | --random-init] [--n 128] [--batch-size 32] [--threads 1]
                                     [--rounds 2] [--adaptive] [--no-results]
 
+Writes the record `benchmarks/results/bench_eval-fixed.json` (`bench_eval-adaexit.json` with
+`--adaptive`; `--no-results` to skip).
+
 `--adaptive` decodes with the checkpoint's calibrated AdaExit (`looplm eval --adaptive`; e.g. `--ckpt
 runs/bench/tiny-dfs-halt`, written by `bench_adaexit.py`). The headline figure is the median of the
 timed rounds of run_eval's loop (a warm-up round first).
@@ -47,7 +50,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from common import append_section, command_line, interleaved, machine_info, markdown_table, set_threads  # noqa: E402
+from benchmarks.common import figure, interleaved, markdown_table, set_threads, write_record  # noqa: E402
 from looplm.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from looplm.evaluate.items import answer_budget, format_prompt, load_items  # noqa: E402
 from looplm.evaluate.run import EvalConfig, calibrated_exit, run_eval  # noqa: E402
@@ -137,7 +140,7 @@ def main() -> int:
     ap.add_argument("--adaptive", action="store_true",
                     help="decode with the checkpoint's calibrated AdaExit threshold and minimum steps (from "
                          "`looplm calibrate-halt`, in its meta.json) instead of fixed depth R")
-    ap.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-results", action="store_true", help="do not write benchmarks/results/bench_eval-*.json")
     args = ap.parse_args()
     set_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -200,8 +203,18 @@ def main() -> int:
     table = markdown_table(["measurement", "value"], rows)
     print(table)
     if not args.no_results:
-        title = "bench_eval: eval throughput (tiny, verbal DFS, batch 32" + (", AdaExit)" if args.adaptive else ")")
-        append_section(title, table, machine_info(), command_line())
+        depth = "AdaExit" if halt["halt_threshold"] is not None else "fixed depth R"
+        figs = [figure(f"eval problems/s, verbal DFS, batch {args.batch_size}, {depth} (run_eval's loop, median)",
+                       round(loop_rate, 1), " problems/s", f">= {TARGET:g}", headline=True),
+                figure("eval problems/s end to end (with checkpoint load, item generation)", round(eval_rate, 1),
+                       " problems/s"),
+                figure("generate-only problems/s (baseline, same batches)", round(bare_rate, 1), " problems/s"),
+                figure("accuracy (exact visit order)", round(100 * m["score"], 1), "%"),
+                figure("mean core steps per token", None if m["exit_steps_mean"] is None
+                       else round(m["exit_steps_mean"], 2))]
+        write_record("bench_eval-adaexit" if args.adaptive else "bench_eval-fixed", figs, script=__file__,
+                     details=table, title=f"`looplm eval` throughput, verbal DFS, batch {args.batch_size}, {depth}: "
+                                          f"{what}")
     return 0
 
 

@@ -5,8 +5,9 @@ split into prelude + coda GQA keys/values and core latents) next to the bytes of
 allocated by `model.new_cache(batch=1, max_len=L, n_steps=steps)` divided by L. The plain GPT is the
 one with equal forward FLOPs per token at those steps and --seq-len (`plain_gpt.matched_config`), with
 the looplm config's KV heads (GQA) and with one KV head per query head (MHA, as in nanoGPT); its cache
-does not depend on steps, but a deeper recurrence needs a deeper plain GPT to match. Target (issue 2,
-item 9): anchored core bytes/token identical at 8 and 32 steps.
+does not depend on steps, but a deeper recurrence needs a deeper plain GPT to match. Target:
+anchored core bytes/token identical at 8 and 32 steps. Writes the record `benchmarks/results/
+bench_kv_cache.json` (`--no-save` to skip).
 
     python benchmarks/bench_kv_cache.py [--presets tiny,small] [--steps 8,32] [--seq-len 256] [--no-save]
 
@@ -25,7 +26,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
 import torch  # noqa: E402
 
-from benchmarks.common import append_section, command_line, machine_info, markdown_table  # noqa: E402
+from benchmarks.common import figure, markdown_table, write_record  # noqa: E402
 from benchmarks.plain_gpt import PlainGPT, matched_config  # noqa: E402
 from looplm.config import PRESETS, get_preset  # noqa: E402
 from looplm.model import RecursiveCausalLM  # noqa: E402
@@ -38,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--presets", default="tiny,small", help=f"comma-separated, from {', '.join(PRESETS)}")
     ap.add_argument("--steps", default="8,32", help="comma-separated recurrence steps")
     ap.add_argument("--seq-len", type=int, default=256, help="sequence length the plain GPT's FLOPs are matched at")
-    ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/bench_kv_cache.json")
     return ap.parse_args(argv)
 
 
@@ -49,7 +50,7 @@ def int_list(text: str, name: str) -> list[int]:
         raise SystemExit(f"--{name}={text!r} must be comma-separated integers") from None
 
 
-def looplm_rows(preset: str, mode: str, steps_list: list[int]) -> tuple[list[list[object]], dict[int, tuple]]:
+def looplm_rows(preset: str, mode: str, steps_list: list[int]) -> tuple[list[list[object]], dict[int, tuple], bool]:
     cfg = get_preset(preset, core_kv=mode)
     torch.manual_seed(0)
     model = RecursiveCausalLM(cfg)
@@ -63,7 +64,7 @@ def looplm_rows(preset: str, mode: str, steps_list: list[int]) -> tuple[list[lis
         ok = f["total"] == m_total and f["core"] == m_core
         rows.append([preset, f"looplm {mode}", steps, f["prelude"] + f["coda"], f["core"], f["total"],
                      f"{m_total:.0f}", "yes" if ok else "NO"])
-    return rows, core
+    return rows, core, all(r[-1] == "yes" for r in rows)
 
 
 def plain_rows(preset: str, steps_list: list[int], seq_len: int) -> list[list[object]]:
@@ -88,24 +89,31 @@ def main(argv=None) -> int:
         if p not in PRESETS:
             raise SystemExit(f"--presets: unknown preset {p!r}; valid: {', '.join(PRESETS)}")
     steps_list = int_list(args.steps, "steps")
-    rows, notes = [], []
+    rows, notes, figs, consistent = [], [], [], True
     for preset in presets:
         for mode in ("anchored", "per_step"):
-            r, core = looplm_rows(preset, mode, steps_list)
-            rows += r
+            r, core, ok = looplm_rows(preset, mode, steps_list)
+            rows, consistent = rows + r, consistent and ok
+            name = "anchored" if mode == "anchored" else "per-step"
+            figs += [figure(f"`{preset}` {name} core KV bytes/token, {s} steps", int(b), "B/token")
+                     for s, (_, b) in core.items()]
             if mode == "anchored":
                 same = len({v for pair in core.values() for v in pair}) == 1
+                figs.append(figure(f"`{preset}` anchored core KV bytes/token equal at "
+                                   f"{' and '.join(map(str, core))} steps", same, target="== true", headline=True))
                 notes.append(f"{preset}: anchored core KV bytes/token at steps {', '.join(map(str, core))}: "
                              f"{', '.join(f'{a} (measured {b:.0f})' for a, b in core.values())} -> "
                              f"{'identical (target met)' if same else 'DIFFERENT (target NOT met)'}")
-        rows += plain_rows(preset, steps_list, args.seq_len)
+        p_rows = plain_rows(preset, steps_list, args.seq_len)
+        rows, consistent = rows + p_rows, consistent and all(r[-1] == "yes" for r in p_rows)
+    figs.append(figure("formula bytes/token = allocated cache bytes/token, every row", consistent, target="== true"))
     headers = ["preset", "model", "steps", "prelude+coda B/token", "core B/token", "total B/token (formula)",
                "total B/token (allocated cache)", "formula = cache"]
     lines = [markdown_table(headers, rows), ""] + [f"- {n}" for n in notes]
     print("\n".join(lines))
     if not args.no_save:
-        path = append_section("bench_kv_cache", "\n".join(lines), machine_info(), command_line())
-        print(f"appended to {path}")
+        write_record("bench_kv_cache", figs, script=__file__, details="\n".join(lines),
+                     title="KV-cache bytes per token: anchored CART-MLA, per-step latents, plain GPT")
     return 0
 
 

@@ -10,7 +10,7 @@ with plain greedy, speculative, adaptive (the calibrated τ) and adaptive + spec
 interleaved in one run (alternating order, so load from other processes hits all alike), checks
 that speculative output equals plain greedy output token for token (and adaptive + speculative equals
 adaptive), and reports tokens/s ratios. Targets: >= 2.5x tokens/s at batch 1 with identical output.
-Appends a section to `benchmarks/RESULTS.md` (`--no-results` to skip).
+Writes the record `benchmarks/results/bench_speculative.json` (`--no-results` to skip).
 
 Simplification: one seed; absolute tokens/s are noisy on the shared CPU, the ratios are the figures.
 """
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 import bench_adaexit  # noqa: E402
-from common import append_section, machine_info, markdown_table  # noqa: E402
+from benchmarks.common import figure, markdown_table, write_record  # noqa: E402
 from looplm.calibrate import SpecTrainConfig, train_spec  # noqa: E402
 from looplm.calibrate.spec_cmd import summary_text  # noqa: E402
 from tiny_dfs_model import DEFAULT_DIR, DEFAULT_MINUTES, has_checkpoint  # noqa: E402
@@ -63,6 +63,22 @@ def checks(res: dict) -> list[tuple[str, str, str, bool]]:
         same = d["adaptive"]["identical_adaptive_speculative_vs_adaptive"]
         out.append(("adaptive+speculative output == adaptive output", str(same), "True", same))
     return out
+
+
+def figures(res: dict) -> list[dict]:
+    d = res["decoding"]
+    figs = [figure("speculative vs greedy tokens/s, batch 1", round(d["speedup"], 2), "x", f">= {TARGET_SPEEDUP}",
+                   headline=True),
+            figure("speculative output == greedy output", bool(d["identical"]), target="== true", headline=True),
+            figure("tokens per verification pass", round(d["speculative"]["mean_tokens_per_verify"], 2))]
+    if "adaptive" in d:
+        ad = d["adaptive"]
+        figs += [figure("adaptive + speculative output == adaptive output",
+                        bool(ad["identical_adaptive_speculative_vs_adaptive"]), target="== true"),
+                 figure("adaptive + speculative vs greedy tokens/s, batch 1",
+                        round(ad["speedup_adaptive_speculative"], 2), "x", headline=True),
+                 figure("adaptive alone vs greedy tokens/s, batch 1", round(ad["speedup_adaptive"], 2), "x")]
+    return figs
 
 
 def report(res: dict) -> str:
@@ -107,7 +123,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--eval-prompts", type=int, default=16, help="held-out prompts decoded and timed")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
-    ap.add_argument("--no-results", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-results", action="store_true",
+                    help="do not write benchmarks/results/bench_speculative.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     res = run(Path(args.init), Path(args.out), args.n, args.epochs, args.lr, args.eval_prompts, args.repeats)
@@ -115,7 +132,8 @@ def main() -> int:
     body = report(res)
     print(body)
     if not args.no_results:
-        append_section("Speculative decoding (bench_speculative.py)", body, machine_info())
+        write_record("bench_speculative", figures(res), script=__file__, details=body,
+                     title="speculative decoding (and adaptive + speculative) on the tiny verbal-DFS model")
     return 0 if all(c[3] for c in checks(res)) else 1
 
 

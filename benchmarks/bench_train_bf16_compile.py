@@ -5,8 +5,9 @@ fixed depth n = k = the preset's recurrence. Variants: fp32 eager (the baseline)
 fp32 compiled, bf16 + compiled (`common.compile_blocks`: prelude/coda blocks and the core's norms and
 modulated linears, compiled in place; inductor caches under ~/.cache/looplm/compile). Each variant is a
 fresh model with the same seed. Compilation happens in the untimed warm-up updates; the timed updates
-of all variants are interleaved round by round (`common.interleaved`). Target (issue 4): `small`,
-bf16 + compile >= 1.3x the tokens/s of fp32 eager.
+of all variants are interleaved round by round (`common.interleaved`). Target: `small`, bf16 + compile
+>= 1.3x the tokens/s of fp32 eager. Writes the record `benchmarks/results/bench_train_bf16_compile-PRESET.json`
+(`--no-save` to skip).
 
     python benchmarks/bench_train_bf16_compile.py [--preset small] [--batch 4] [--seq-len 128]
         [--rounds 4] [--warmup 2] [--threads 1] [--variants fp32,bf16,compile,bf16+compile] [--no-save]
@@ -26,8 +27,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
 import torch  # noqa: E402
 
-from benchmarks.common import (append_section, command_line, interleaved, machine_info, markdown_table,  # noqa: E402
-                               set_threads)
+from benchmarks.common import figure, interleaved, machine_info, markdown_table, set_threads, write_record  # noqa: E402
 from looplm.config import PRESETS, get_preset  # noqa: E402
 from looplm.model import RecursiveCausalLM  # noqa: E402
 from looplm.train import common as C  # noqa: E402
@@ -46,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (2 only on an otherwise idle 2-core machine)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {', '.join(VARIANTS)}")
-    ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-save", action="store_true",
+                    help="do not write benchmarks/results/bench_train_bf16_compile-PRESET.json")
     return ap.parse_args(argv)
 
 
@@ -89,15 +90,19 @@ def main(argv=None) -> int:
     rows = [[v, f"{t[v].median:.2f} ({t[v].min:.2f})", f"{tokens / t[v].median:.0f}", f"{base / t[v].median:.2f}x"]
             for v in variants]
     lines = [markdown_table(["variant", "s/update median (min)", "tokens/s", "speed-up vs fp32 eager"], rows)]
+    judged = args.preset == "small"
+    figs = [figure(f"`{args.preset}` {v} / fp32 eager tokens/s ({args.device})", round(base / t[v].median, 2), "x",
+                   f">= {TARGET}" if judged and v == "bf16+compile" else None, headline=v == "bf16+compile")
+            for v in variants if v != "fp32"]
     if "bf16+compile" in variants:
         r = base / t["bf16+compile"].median
-        figure = args.preset == "small"
         lines += ["", f"bf16 + compile / fp32 eager tokens/s: **{r:.2f}x**"
-                  + (f" (target >= {TARGET}x: {'met' if r >= TARGET else 'NOT met'})" if figure else "")]
+                  + (f" (target >= {TARGET}x: {'met' if r >= TARGET else 'NOT met'})" if judged else "")]
     print("\n".join(lines))
-    if not args.no_save:
-        title = f"bench_train_bf16_compile: {args.preset}"
-        print(f"appended to {append_section(title, chr(10).join(lines), info, command_line())}")
+    if not args.no_save and figs:
+        write_record(f"bench_train_bf16_compile-{args.preset}" + ("" if args.device == "cpu" else f"-{args.device}"),
+                     figs, script=__file__, info=info, details="\n".join(lines),
+                     title=f"pre-training update with bf16 autocast and torch.compile vs fp32 eager, `{args.preset}`")
     return 0
 
 

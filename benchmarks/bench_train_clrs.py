@@ -11,15 +11,17 @@ budget, then greedy-decode held-out graphs and score exact match of the final `p
 3. Evaluation: `--eval-graphs` CLRS DFS prompts from the "eval" split (never in training: the split is
    a hash of the prompt), greedy `looplm.generate` (KV cache, stop at EOS) at `--eval-depth`
    recurrence steps, scored by `looplm.tasks.clrs_dfs.score` (exact final `pi`; whole-trace exact too).
-Prints the learning curve (train loss, validation loss/bpb) and the result, and appends a section to
-benchmarks/RESULTS.md. Target (issue 4): >= 80% exact final `pi` after at most 20 minutes of training.
+Prints the learning curve (train loss, validation loss/bpb) and the result, and writes the record
+`benchmarks/results/bench_train_clrs-MINUTESmin.json` (`--no-save` to skip). Target: >= 80% exact
+final `pi` after at most 20 minutes of training.
 
     python benchmarks/bench_train_clrs.py [--minutes 20] [--threads 1] [--lr 3e-3] [--batch-size 8]
         [--seq-len 256] [--mean-steps 2] [--bptt-steps 3] [--eval-depth 3] [--set FIELD=VALUE ...]
         [--work DIR] [--no-save]
 
-Defaults are the best of the 3-minute trials on the shared 2-core CPU (the tiny layout kept); a
-lighter outer stack (`--set n_prelude=2 --set n_coda=2`) trained faster still (see RESULTS.md).
+Defaults are the best of the 3-minute trials on the shared 2-core CPU (the tiny layout of then kept); a
+lighter outer stack (`--set n_prelude=2 --set n_coda=2`) trained faster still (`benchmarks/LOG.md`,
+2026-11-25).
 
 Simplification: one seed; the budget counts the training loop's wall clock (its periodic validation
 included), not data building, the probe or the final decoding.
@@ -40,7 +42,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
 import torch  # noqa: E402
 
-from benchmarks.common import append_section, command_line, machine_info, markdown_table, set_threads  # noqa: E402
+from benchmarks.common import figure, machine_info, markdown_table, set_threads, write_record  # noqa: E402
 
 TARGET = 0.8
 
@@ -69,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--work", help="working directory (default: a temporary one)")
     ap.add_argument("--eval-only", action="store_true", help="skip training: score the finished run in --work "
                                                               "(same options as the run that trained it)")
-    ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/bench_train_clrs-*.json")
     return ap.parse_args(argv)
 
 
@@ -222,8 +224,19 @@ def main(argv=None) -> int:
                 if args.minutes <= 20 else "")]
     print("\n".join(lines))
     if not args.no_save:
-        title = f"bench_train_clrs: tiny, {args.minutes:g} min"
-        print(f"appended to {append_section(title, chr(10).join(lines), info, command_line())}")
+        vals = [r for r in recs if r["type"] == "eval"]
+        val = next((v for k, v in vals[-1].items() if k.startswith("val/clrs/loss@")), None) if vals else None
+        figs = [figure(f"`tiny` CLRS-DFS exact final pi after {args.minutes:g} min of pre-training, n = {args.nodes}",
+                       round(100 * res["exact_pi"], 1), "%", f">= {100 * TARGET:g}" if args.minutes <= 20 else None,
+                       headline=True),
+                figure("whole trace exact", round(100 * res["trace_exact"], 1), "%"),
+                figure("pi elements right", round(100 * res["pi_element_acc"], 1), "%"),
+                figure("last validation loss", None if val is None else round(val, 4), " nats/token"),
+                figure("updates in the budget", summary["step"]),
+                figure("training tokens/s (mean)", round(tok_s), " tokens/s")]
+        write_record(f"bench_train_clrs-{args.minutes:g}min", figs, script=__file__, info=info,
+                     details="\n".join(lines), title=f"learning CLRS-Text DFS in a {args.minutes:g}-minute "
+                                                    f"pre-training budget, `tiny`")
     return 0
 
 

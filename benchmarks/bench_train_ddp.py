@@ -7,7 +7,8 @@ generated data directory (CLRS DFS + arithmetic/word problems), `tiny` preset, f
 (`--no-sample-depth`, so every update costs the same). tokens/s is the median of each run's
 per-update `tokens_per_s` in metrics.jsonl (global tokens / update wall time on rank 0), after
 `--skip` warm-up updates. Runs alternate single, DDP, single, DDP, ... (`--repeats` pairs) and the
-medians over all their updates are compared. Target (issue 4): 2 ranks >= 1.1x the single process.
+medians over all their updates are compared. Target: 2 ranks >= 1.1x the single process. Writes the
+record `benchmarks/results/bench_train_ddp-tiny.json` (`--no-save` to skip).
 
     python benchmarks/bench_train_ddp.py [--steps 12] [--batch-size 8] [--seq-len 256] [--depth 4]
         [--repeats 2] [--no-save]
@@ -30,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
-from benchmarks.common import append_section, command_line, machine_info, markdown_table  # noqa: E402
+from benchmarks.common import figure, machine_info, markdown_table, write_record  # noqa: E402
 
 TARGET = 1.1
 
@@ -44,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--depth", type=int, default=4, help="fixed recurrence depth")
     ap.add_argument("--repeats", type=int, default=2, help="(single, DDP) pairs")
     ap.add_argument("--work", help="working directory (default: a temporary one)")
-    ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/bench_train_ddp-tiny.json")
     return ap.parse_args(argv)
 
 
@@ -100,7 +101,11 @@ def main(argv=None) -> int:
              f"{'met' if ratio >= TARGET else 'NOT met'})"]
     print("\n".join(lines))
     if not args.no_save:
-        print(f"appended to {append_section('bench_train_ddp: tiny', chr(10).join(lines), info, command_line())}")
+        figs = [figure("`tiny` pre-training tokens/s, 2-rank DDP (gloo, 1 thread each) / 1 process", round(ratio, 2),
+                       "x", f">= {TARGET}", headline=True),
+                *[figure(f"tokens/s, {r} process(es) x 1 thread (median)", round(med[r]), " tokens/s") for r in med]]
+        write_record("bench_train_ddp-tiny", figs, script=__file__, info=info, details="\n".join(lines),
+                     title="`looplm pretrain` throughput: 2 DDP ranks on CPU vs one process, same global batch")
     return 0
 
 

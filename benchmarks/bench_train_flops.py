@@ -10,8 +10,8 @@ backward, gradient clipping, the non-finite check, fused AdamW). Two depth modes
   FLOPs per update from `train_flops_per_token(n, k)`; compared by FLOP rate.
 The plain GPT runs the same update (same loss, clipping, optimizer groups). The matmul peak, looplm
 and the plain GPT are timed round by round in rotating order (`common.interleaved`), so load spikes
-on the shared machine hit all alike. Target (issue 4): `tiny`, fp32 eager, looplm FLOP rate >= 0.8x
-the plain GPT's.
+on the shared machine hit all alike. Target: `tiny`, fp32 eager, looplm FLOP rate >= 0.8x the plain
+GPT's. Writes the record `benchmarks/results/bench_train_flops-PRESET[-bf16].json` (`--no-save` to skip).
 
     python benchmarks/bench_train_flops.py [--preset tiny] [--batch 8] [--seq-len 256] [--rounds 6]
         [--threads 1] [--bf16] [--no-save]
@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
 import torch  # noqa: E402
 
-from benchmarks.common import (append_section, command_line, interleaved, machine_info, markdown_table,  # noqa: E402
-                               matmul_fn, set_threads)
+from benchmarks.common import (figure, interleaved, machine_info, markdown_table, matmul_fn,  # noqa: E402
+                               set_threads, write_record)
 from benchmarks.plain_gpt import PlainGPT, matched_config  # noqa: E402
 from looplm.config import PRESETS, get_preset  # noqa: E402
 from looplm.model import RecursiveCausalLM  # noqa: E402
@@ -50,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (and a bf16 matmul peak)")
-    ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/bench_train_flops-*.json")
     return ap.parse_args(argv)
 
 
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     info = machine_info()
     print(f"machine: {info}\nlooplm {args.preset} (R={R}) vs plain GPT {pcfg.n_layers} layers, mlp {pcfg.mlp_hidden}; "
           f"batch {B} x {T}, {args.threads} thread(s), {'bf16' if args.bf16 else 'fp32'}")
-    rows, ratios = [], {}
+    rows, ratios, mfu = [], {}, {}
     for mode in ("fixed", "sampled"):
         counter = {"i": 0, "flops": []}
 
@@ -108,6 +108,7 @@ def main(argv=None) -> int:
         rate_l = sum(timed_flops) / sum(t["looplm"].times)
         rate_p = fpt_plain * B * T * len(t["plain"].times) / sum(t["plain"].times)
         ratios[mode] = rate_l / rate_p
+        mfu[mode] = (100 * rate_l / peak, 100 * rate_p / peak)
         mean_fpt = sum(timed_flops) / len(timed_flops) / (B * T)
         for name, rate, fpt, tm in (("looplm", rate_l, mean_fpt, t["looplm"]),
                                     ("plain", rate_p, fpt_plain, t["plain"])):
@@ -117,18 +118,24 @@ def main(argv=None) -> int:
         print(f"{mode}: looplm {rate_l / 1e9:.2f} GFLOP/s, plain {rate_p / 1e9:.2f} GFLOP/s, "
               f"peak {peak / 1e9:.1f} GFLOP/s -> ratio {ratios[mode]:.2f}x", flush=True)
     headers = ["depth", "model", "train FLOPs/token (mean)", "s/update (mean)", "tokens/s", "GFLOP/s", "MFU"]
-    figure = args.preset == "tiny" and not args.bf16
+    judged = args.preset == "tiny" and not args.bf16
     lines = [markdown_table(headers, rows), "",
              f"plain GPT: {pcfg.n_layers} layers, d={pcfg.d_model}, swiglu {pcfg.mlp_hidden}, "
              f"same training FLOPs/token "
              f"as looplm at n = k = {R}; sampled: Huginn n (r̄ = {R}, σ = 0.5), k = min(n, {args.bptt})"]
     for mode, r in ratios.items():
         lines.append(f"looplm / plain GPT FLOP rate ({mode} depth): **{r:.2f}x**"
-                     + (f" (target >= {TARGET}x: {'met' if r >= TARGET else 'NOT met'})" if figure else ""))
+                     + (f" (target >= {TARGET}x: {'met' if r >= TARGET else 'NOT met'})" if judged else ""))
     print("\n".join(lines))
     if not args.no_save:
-        path = append_section(f"bench_train_flops: {args.preset}", "\n".join(lines), info, command_line())
-        print(f"appended to {path}")
+        figs = [figure(f"`{args.preset}` pre-training FLOP rate, looplm / plain GPT, {mode} depth", round(r, 2), "x",
+                       f">= {TARGET}" if judged else None, headline=judged) for mode, r in ratios.items()]
+        figs += [figure(f"{name} MFU, {mode} depth", round(v, 1), "%")
+                 for mode, pair in mfu.items() for name, v in zip(("looplm", "plain GPT"), pair)]
+        write_record(f"bench_train_flops-{args.preset}" + ("-bf16" if args.bf16 else ""), figs, script=__file__,
+                     info=info, details="\n".join(lines),
+                     title=f"FLOP rate of the pre-training update vs a plain GPT, `{args.preset}`, "
+                           f"{'bf16' if args.bf16 else 'fp32'}")
     return 0
 
 

@@ -9,8 +9,9 @@ are interleaved round by round (`common.interleaved`), so load spikes on a share
 FLOPs per token come from the formulas (`model.flops_per_token(steps, seq_len, training=True)`: matmul
 FLOPs, causal-average attention context, training = 3x forward). The table also shows what
 `torch.utils.flop_counter.FlopCounterMode` counts for one forward+backward (it counts attention over
-the full T×T score matrix, so it is compared with the formula at full context). Target (issue 2,
-item 9): on `small`, fp32 eager, 2 threads, looplm's FLOP rate >= 0.8x the plain GPT's.
+the full T×T score matrix, so it is compared with the formula at full context). Target: on `small`,
+fp32 eager, 2 threads, looplm's FLOP rate >= 0.8x the plain GPT's. Writes the record
+`benchmarks/results/bench_train_speed-PRESET[-bf16].json` (`--no-save` to skip).
 
     python benchmarks/bench_train_speed.py [--preset small] [--steps R] [--seq-len 128] [--batch 4]
         [--iters 3] [--threads 2] [--bf16] [--no-save]
@@ -32,8 +33,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without install
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.common import (append_section, command_line, count_flops, interleaved, machine_info,  # noqa: E402
-                               markdown_table, matmul_fn, matmul_peak, set_threads)
+from benchmarks.common import (count_flops, figure, interleaved, machine_info, markdown_table, matmul_fn,  # noqa: E402
+                               matmul_peak, set_threads, write_record)
 from benchmarks.plain_gpt import PlainGPT, matched_config  # noqa: E402
 from looplm.config import PRESETS, get_preset  # noqa: E402
 from looplm.model import RecursiveCausalLM  # noqa: E402
@@ -54,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--mlp", default="swiglu", choices=["swiglu", "gelu"], help="plain GPT MLP")
     ap.add_argument("--matmul-n", type=int, default=1024, help="size of the square peak matmul")
     ap.add_argument("--no-count-flops", action="store_true", help="skip the FlopCounterMode check")
-    ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/bench_train_speed-*.json")
     return ap.parse_args(argv)
 
 
@@ -136,18 +137,29 @@ def main(argv=None) -> int:
                "s/iter median (min)", "tokens/s", "GFLOP/s", "MFU"]
     ratio, ratio_min = rate["looplm"] / rate["plain"], best["looplm"] / best["plain"]
     table = markdown_table(headers, rows)
-    figure = args.preset == "small" and not args.bf16 and args.threads == 2
+    judged = args.preset == "small" and not args.bf16 and args.threads == 2
     lines = [table, "",
              f"matmul peak ({'bf16' if args.bf16 else 'fp32'}, {args.matmul_n}^3, {args.threads} threads): "
              f"{peak_flops / 1e9:.1f} GFLOP/s (median of {args.iters} rounds; "
              f"{'fp32' if args.bf16 else 'bf16'} peak measured once after them: {other_peak / 1e9:.1f} GFLOP/s)",
              f"looplm / plain GPT FLOP rate: **{ratio:.2f}x**"
-             + (f" (target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})" if figure else "")
+             + (f" (target >= {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'})" if judged else "")
              + f"; from the fastest iteration of each: {ratio_min:.2f}x"]
     print("\n".join(lines))
     if not args.no_save:
-        path = append_section(f"bench_train_speed: {args.preset}", "\n".join(lines), info, command_line())
-        print(f"appended to {path}")
+        mode = "bf16 autocast" if args.bf16 else "fp32 eager"
+        figs = [figure(f"`{args.preset}` training FLOP rate, looplm / plain GPT of equal FLOPs/token ({mode}, "
+                       f"{args.threads} threads)", round(ratio, 2), "x", f">= {TARGET_RATIO}" if judged else None,
+                       headline=judged),
+                figure("the same from the fastest iteration of each", round(ratio_min, 2), "x"),
+                figure("looplm MFU (of the matmul peak measured in the run)",
+                       round(100 * rate["looplm"] / peak_flops, 1), "%"),
+                figure("plain GPT MFU", round(100 * rate["plain"] / peak_flops, 1), "%"),
+                figure("looplm training tokens/s", round(tokens / t["looplm"].median), " tokens/s")]
+        write_record(f"bench_train_speed-{args.preset}" + ("-bf16" if args.bf16 else ""), figs, script=__file__,
+                     info=info, details="\n".join(lines),
+                     title=f"training throughput and MFU vs a plain GPT of equal FLOPs/token, `{args.preset}`, "
+                           f"{steps} steps")
     return 0
 
 

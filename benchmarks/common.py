@@ -1,14 +1,17 @@
-"""Shared benchmark helpers: machine info, matmul peak, timing, FLOP counting and RESULTS.md sections.
+"""Shared benchmark helpers: machine info, matmul peak, timing, FLOP counting and the result record.
 
-- `machine_info()`: CPU model, cores, load average, torch version and threads, for every result;
+- `machine_info()`: CPU model, cores, load average, torch version and threads (and the GPU, if any),
+  for every result;
 - `matmul_peak(dtype)`: FLOP/s of a square matmul, measured in the benchmark's own run so MFU is
   relative to what this (shared, noisy) machine delivers right now;
 - `time_fn(fn)` (warm-up, then median of repeats) and `interleaved(fns, rounds)` (one sample of each
   function per round, the order rotating every round, so a load spike hits every contestant alike);
 - `count_flops(fn)`: `torch.utils.flop_counter.FlopCounterMode` plus a formula for CPU flash attention
   (`aten._scaled_dot_product_flash_attention_for_cpu`, which torch's counter does not know);
-- `append_section(...)`: appends one dated section (machine, command, table) to `benchmarks/RESULTS.md`
-  under a file lock; it never rewrites what is already there.
+- `figure(...)` and `write_record(name, figures, ...)`: the one way a benchmark reports its result,
+  `benchmarks/results/NAME.json` (machine, command, commit, time, figures with value, unit, target and
+  met), replacing the previous record of that name; it then regenerates `benchmarks/RESULTS.md` and the
+  README's figures table (`benchmarks/make_results.py`, which also defines and checks the schema).
 
 Simplification: wall-clock `time.perf_counter`, no CPU pinning or frequency control.
 """
@@ -17,11 +20,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import json
 import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +36,9 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_PATH = ROOT / "benchmarks" / "RESULTS.md"
-RESULTS_HEADER = """# looplm benchmark results
+from benchmarks.make_results import RESULTS_DIR, RecordError, figure, validate_record, write_outputs  # noqa: F401
 
-Each section is one run of one script in `benchmarks/` (machine, command, date, table), appended by
-`benchmarks/common.py:append_section`. Older sections are kept; the newest run of a benchmark is the
-last section with its name. Timings on a shared CPU are noisy: each section notes the load average.
-"""
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------- machine
@@ -59,7 +60,7 @@ def set_threads(n: int) -> None:
 
 def machine_info() -> dict[str, str]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {
+    info = {
         "cpu": cpu_model(),
         "cores": str(os.cpu_count()),
         "torch": torch.__version__,
@@ -67,10 +68,9 @@ def machine_info() -> dict[str, str]:
         "python": platform.python_version(),
         "load average (1/5/15 min)": " / ".join(f"{x:.2f}" for x in load),
     }
-
-
-def format_machine(info: dict[str, str]) -> str:
-    return ", ".join(f"{k}: {v}" for k, v in info.items())
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
 
 
 def command_line() -> str:
@@ -174,23 +174,54 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def append_section(title: str, body: str, info: dict[str, str] | None = None, command: str | None = None,
-                   path: Path = RESULTS_PATH) -> Path:
-    """Append `## title (date)` with machine, command and body to RESULTS.md (created with a header if
-    missing). Existing content is never modified; concurrent writers are serialised by flock."""
-    path = Path(path)
+def git_commit(root: Path = ROOT) -> tuple[str | None, bool | None, str | None]:
+    """(HEAD commit, whether tracked files have uncommitted changes, why either is unknown)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=30)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, None, f"git not usable: {e}"
+    if head.returncode != 0 or status.returncode != 0:
+        return None, None, f"git failed: {(head.stderr or status.stderr).strip()}"
+    return head.stdout.strip(), bool(status.stdout.strip()), None
+
+
+def write_record(name: str, figures: list[dict], *, script: str, title: str, notes: list[str] = (),
+                 caveat: str | None = None, details: str | None = None, command: str | None = None,
+                 info: dict[str, str] | None = None, results_dir: Path = RESULTS_DIR,
+                 regenerate: bool = True) -> Path:
+    """Write `results_dir/NAME.json` (replacing the previous record of that name) and, when `regenerate`,
+    rewrite `benchmarks/RESULTS.md` and the README's figures table from all records. `figures` are
+    `figure(...)` dicts; `script` is the benchmark's `__file__`; `details` the script's full markdown
+    tables (kept in the record, not shown in RESULTS.md). Concurrent writers are serialised by flock."""
+    if regenerate and Path(results_dir).resolve() != RESULTS_DIR.resolve():
+        raise ValueError(f"write_record(regenerate=True) regenerates the repository's RESULTS.md and README from "
+                         f"{RESULTS_DIR}; for {results_dir} pass regenerate=False")
+    script_path = Path(script).resolve()
+    commit, dirty, why = git_commit()
+    rec = {"name": name, "title": title,
+           "script": str(script_path.relative_to(ROOT)) if script_path.is_relative_to(ROOT) else str(script_path),
+           "command": command or command_line(), "time": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+           "machine": info or machine_info(), "source": "measured", "commit": commit, "dirty": dirty,
+           "figures": list(figures), "notes": list(notes) + ([f"commit unknown: {why}"] if why else [])}
+    if caveat:
+        rec["caveat"] = caveat
+    if details:
+        rec["details"] = details
+    path = Path(results_dir) / f"{name}.json"
+    validate_record(rec, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    text = [f"\n## {title} ({stamp})\n",
-            f"- machine: {format_machine(info or machine_info())}",
-            f"- command: `{command or command_line()}`\n", body.rstrip() + "\n"]
-    with open(path, "a+", encoding="utf-8") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with open(Path(tempfile.gettempdir()) / "looplm-benchmark-records.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            f.seek(0)
-            if not f.read(1):
-                f.write(RESULTS_HEADER)
-            f.write("\n".join(text))
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(rec, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, path)
+            print(f"wrote {path}")
+            if regenerate:
+                for p in write_outputs(results_dir):
+                    print(f"regenerated {p}")
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_UN)
     return path

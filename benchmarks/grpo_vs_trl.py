@@ -33,8 +33,9 @@ Also reported: thread CPU time per step (the holding thread's CPU time: all comp
 the step and rollout tokens/s. `--profile` adds: the thread CPU time of each part of a step measured
 alone for both models (rollout, reference log-probs, policy log-probs + backward), aten ops dispatched
 per decoded token (both) and per part of one cached looplm decode forward (prelude / core / coda /
-glue), and a torch.profiler table of one looplm step sorted by self CPU time. Target (issue 5):
-looplm <= 0.5x TRL. Needs `pip install trl` (tested with trl 1.16.0, transformers 5.24, accelerate 1.15).
+glue), and a torch.profiler table of one looplm step sorted by self CPU time. Target:
+looplm <= 0.5x TRL. Writes the record `benchmarks/results/grpo_vs_trl-{compiled,eager}-rollouts.json`
+(`--no-save` to skip). Needs `pip install trl` (tested with trl 1.16.0, transformers 5.24, accelerate 1.15).
 
 Simplifications: TRL's own data pipeline, sampler and logging run as in normal use (they are part
 of its step); looplm's rollout time includes decoding and scoring, as TRL's does; the lr schedules
@@ -59,8 +60,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
 import torch  # noqa: E402
 
-from benchmarks.common import (append_section, command_line, count_flops, machine_info,  # noqa: E402
-                               markdown_table, set_threads)
+from benchmarks.common import count_flops, figure, markdown_table, set_threads, write_record  # noqa: E402
 from benchmarks.plain_gpt import matched_config  # noqa: E402
 
 TARGET_RATIO = 0.5
@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true",
                     help="looplm decodes rollouts with its torch.compile'd step (--compile-rollouts); the one-time "
                          "compile falls in the first warm-up step and is reported")
-    ap.add_argument("--no-save", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/grpo_vs_trl-*.json")
     args = ap.parse_args(argv)
     for name in ("steps", "warmup", "max_new_tokens", "prompts_per_step", "group_size"):
         if getattr(args, name) < (2 if name == "group_size" else 1):
@@ -540,8 +540,19 @@ def report(args, res, flops, looplm_model, llama, R, seq_len, prof: str, ops) ->
                  "included):\n\n```\n" + prof.strip() + "\n```")
     print(body)
     if not args.no_save:
-        append_section("GRPO step time: looplm vs TRL GRPOTrainer (grpo_vs_trl.py)", body, machine_info(),
-                       command_line())
+        lo, trl = res["looplm"], res["trl"]
+        figs = [figure("GRPO step time, looplm / TRL GRPOTrainer (equal settings and FLOPs/token)", round(ratio, 2),
+                       "x", f"<= {TARGET_RATIO}", headline=True),
+                figure("thread CPU time per step, looplm / TRL", round(cpu_ratio, 2), "x"),
+                *[figure(f"{n} s/step (median)", round(r["step_s"], 3), " s") for n, r in (("looplm", lo),
+                                                                                          ("TRL", trl))],
+                *[figure(f"{n} rollout tokens/s", round(r["tok_per_s"]), " tokens/s") for n, r in (("looplm", lo),
+                                                                                                  ("TRL", trl))]]
+        name = "grpo_vs_trl-" + ("compiled-rollouts" if args.compile else "eager-rollouts") + (
+            f"-llama-width{args.llama_width}" if args.llama_width else "")
+        write_record(name, figs, script=__file__, details=body,
+                     title="GRPO seconds per step: looplm vs TRL GRPOTrainer in one run, "
+                           + ("compiled" if args.compile else "eager") + " looplm rollouts")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_decode, bench_kv_cache, bench_train_speed  # noqa: E402
-from benchmarks.common import RESULTS_HEADER, append_section, count_flops, interleaved, markdown_table  # noqa: E402
+from benchmarks.common import count_flops, interleaved  # noqa: E402
 from benchmarks.plain_gpt import (PlainGPT, PlainGPTConfig, flops_per_token, greedy_decode,  # noqa: E402
                                   matched_config)
 from looplm.config import get_preset  # noqa: E402
@@ -101,16 +101,6 @@ def test_kv_cache_bytes_formula_matches_allocation():
     assert cache.nbytes() == 3 * 10 * model.kv_cache_bytes_per_token(bytes_per_elem=8)  # float64
     with pytest.raises(ValueError, match="max_seq_len"):
         model.new_cache(1, 65)
-
-
-def test_append_section_keeps_existing_content(tmp_path):
-    path = tmp_path / "RESULTS.md"
-    append_section("bench_a", markdown_table(["x", "y"], [[1, 2.5]]), {"cpu": "test"}, "python a.py", path)
-    first = path.read_text()
-    assert first.startswith(RESULTS_HEADER) and "## bench_a (" in first and "| 1 | 2.5 |" in first
-    append_section("bench_b", "body b", {"cpu": "test"}, "python b.py", path)
-    text = path.read_text()
-    assert text.startswith(first) and text.count(RESULTS_HEADER) == 1 and "`python b.py`" in text
 
 
 def test_interleaved_rotates_order_and_skips_warmup():

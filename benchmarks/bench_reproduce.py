@@ -1,0 +1,154 @@
+"""Benchmark: `looplm reproduce` end to end: wall time of every phase and the report card's headline figures.
+
+    python benchmarks/bench_reproduce.py [--preset tiny] [--out runs/bench/reproduce-tiny] [--threads N]
+        [--no-save]
+    python benchmarks/bench_reproduce.py --from-run runs/tiny      # record a finished run, do not re-run it
+
+Runs the whole pipeline as the README's command does (`looplm reproduce --preset P --out DIR --force`,
+every phase re-run so the wall time is one run's), then reads back what the phases wrote and writes the
+record `benchmarks/results/bench_reproduce-PRESET.json` (`--no-save` to skip):
+- wall time: the sum of the phases' seconds in `reproduce.json` (target for `tiny`: <= 30 min);
+- DFS verbal exact match of the final model (`eval/alignment_tax.json`, column `train-spec`; target
+  >= 95%, the report's figure);
+- CLRS-DFS final `pi` before alignment (pre-trained) and after it, with and without replay, and the
+  retained share (target >= 80% of before; undefined when nothing was right before);
+- held-out word-problem pass@1 of GRPO with the process reward minus the outcome reward from the same
+  start at equal steps (`grpo-process` vs `grpo-outcome-cmp`; target > 0: process beats outcome);
+- AdaExit (`calibrate-halt/calibration.json`) and speculative heads (`final/train_spec.json`) on the
+  final model, and the three audit verdicts (`audit/audit.json`).
+A phase that did not run leaves its figures out (the record lists which).
+
+Simplification: one seed; with `--from-run` the wall time is each phase's last run, which after a
+partial re-run is not one run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without install
+
+from benchmarks.common import figure, write_record  # noqa: E402
+
+TARGET_MINUTES = {"tiny": 30.0}
+TARGET_DFS, TARGET_RETAINED = 95.0, 80.0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="tiny", help="reproduce preset (tiny, smoke, report-200m)")
+    ap.add_argument("--out", default=None, help="run directory (default: runs/bench/reproduce-PRESET)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--from-run", default=None, metavar="DIR", help="a finished run to record, not re-run")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/bench_reproduce-*.json")
+    return ap.parse_args(argv)
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _last_pass(metrics: Path) -> float | None:
+    """The last held-out `eval/pass@1` in a GRPO metrics.jsonl, or None."""
+    if not metrics.is_file():
+        return None
+    vals = [r["eval/pass@1"] for r in map(json.loads, metrics.read_text(encoding="utf-8").splitlines())
+            if "eval/pass@1" in r]
+    return vals[-1] if vals else None
+
+
+def pct(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 1)
+
+
+def figures_from_run(out: Path, preset: str) -> tuple[list[dict], list[str]]:
+    """(figures, notes) read from a finished run directory."""
+    man = _json(out / "reproduce.json")
+    if not man or not man.get("phases"):
+        raise SystemExit(f"{out / 'reproduce.json'}: no manifest of a reproduce run")
+    phases = man["phases"]
+    notes = [f"phase not done: {n} ({r.get('status')})" for n, r in sorted(phases.items()) if r.get("status") != "done"]
+    minutes = sum(r.get("seconds") or 0.0 for r in phases.values()) / 60
+    target = TARGET_MINUTES.get(preset)
+    figs = [figure(f"wall time of all {len(phases)} phases", round(minutes, 1), " min",
+                   None if target is None else f"<= {target:g}", headline=True)]
+    tax = _json(out / "eval" / "alignment_tax.json")
+    if tax:
+        acc = {task: dict(zip(tax["labels"], vals)) for task, vals in tax["rows"].items()}
+        dfs, clrs = acc.get("dfs-verbal", {}), acc.get("clrs-dfs", {})
+        if dfs.get("train-spec") is not None:
+            figs.append(figure("DFS verbal exact match after alignment (final model)", pct(dfs["train-spec"]), "%",
+                               f">= {TARGET_DFS:g}", headline=True))
+        before, after = clrs.get("pretrain"), clrs.get("train-spec")
+        if before is not None and after is not None:
+            figs += [figure("CLRS-DFS final pi before alignment (pre-trained)", pct(before), "%"),
+                     figure("CLRS-DFS final pi after alignment with replay (final model)", pct(after), "%"),
+                     figure("CLRS-DFS after alignment with replay, share of before",
+                            round(100 * after / before, 1) if before else None, "%", f">= {TARGET_RETAINED:g}",
+                            headline=True)]
+            if not before:
+                notes.append("CLRS-DFS before alignment was 0: the retained share is undefined.")
+        if clrs.get("grpo-outcome-noreplay") is not None:
+            figs.append(figure("CLRS-DFS final pi after alignment without replay (grpo-outcome-noreplay)",
+                               pct(clrs["grpo-outcome-noreplay"]), "%"))
+    else:
+        notes.append("no eval/alignment_tax.json: the eval phase did not run")
+    proc = _last_pass(out / "grpo-process" / "metrics.jsonl")
+    outc = _last_pass(out / "grpo-outcome-cmp" / "metrics.jsonl")
+    if proc is not None and outc is not None:
+        figs.append(figure("held-out word problems pass@1, process minus outcome reward (same start, same steps)",
+                           round(100 * (proc - outc), 1), " points", "> 0", headline=True))
+        notes.append(f"held-out word problems pass@1: process {100 * proc:.1f}%, outcome {100 * outc:.1f}%")
+    cal = _json(out / "calibrate-halt" / "calibration.json")
+    if cal:
+        ch, sp = cal["chosen"], cal.get("speed", {})
+        figs += [figure("AdaExit core FLOPs saved on the final model", pct(ch["core_flops_saved"]), "%", headline=True),
+                 figure("AdaExit agreement with full depth (per token)", pct(ch["agreement"]), "%")]
+        figs += [figure(f"AdaExit tokens/s speedup, batch {k.removeprefix('batch_')}", round(v["speedup"], 2), "x",
+                        headline=k == "batch_1") for k, v in sp.items() if k.startswith("batch_")]
+    spec = _json(out / "final" / "train_spec.json")
+    if spec:
+        dec = spec["decoding"]
+        figs += [figure("speculative heads tokens/s speedup, batch 1", round(dec["speedup"], 2), "x"),
+                 figure("speculative output == greedy output", bool(dec["identical"]), target="== true")]
+    audit = _json(out / "audit" / "audit.json")
+    if audit:
+        names = ("update_shock", "elastic_depth", "gradient_starvation")
+        figs.append(figure("audit verdicts: update shock / elastic depth / gradient starvation",
+                           " / ".join(str((audit.get(n) or {}).get("verdict", "-")) for n in names)))
+    return figs, notes
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.from_run:
+        out = Path(args.from_run)
+        command = f"looplm reproduce (recorded from the finished run in {out})"
+    else:
+        from looplm.cli import main as looplm_main
+
+        out = Path(args.out or ROOT / "runs" / "bench" / f"reproduce-{args.preset}")
+        cli = ["reproduce", "--preset", args.preset, "--out", str(out), "--force", "--device", args.device]
+        cli += ["--threads", str(args.threads)] if args.threads else []
+        command = "looplm " + " ".join(cli)
+        rc = looplm_main(cli)
+        if rc != 0:
+            raise SystemExit(f"`{command}` failed with exit code {rc}")
+    figs, notes = figures_from_run(out, args.preset)
+    for f in figs:
+        print(f"{f['name']}: {f['value']}{f['unit']}" + (f" (target {f['target']}: {f['met']})" if f["target"] else ""))
+    if not args.no_save:
+        write_record(f"bench_reproduce-{args.preset}", figs, script=__file__, command=command, notes=notes,
+                     title=f"`looplm reproduce --preset {args.preset}`: wall time and the report card's headline "
+                           f"figures")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
