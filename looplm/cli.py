@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "audit": "looplm.audit.cli",
     "grpo": "looplm.train.grpo_config",
     "eval": "looplm.evaluate.cli",
+    "export-hf": "looplm.commands.export_hf",
 }
 
 USER_ERROR_NAMES = ("CheckpointError", "DataSourceError", "ConfigError")
