@@ -1,5 +1,5 @@
 """Rewards for GRPO on maths completions: the binary outcome reward and the programmatic process
-reward (PIPELINE.md, phases 2-3).
+reward (docs/pipeline.md, Rewards).
 
 - `outcome_reward(completion, gold)`: 1.0 iff the first `#### N` answer equals `gold` as a number.
 - `process_reward(completion, gold, question="", mode="strict")`: per-step credit for arithmetic

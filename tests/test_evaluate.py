@@ -59,9 +59,8 @@ def test_items_are_held_out_and_deterministic(shared_data):
 
 
 def test_hub_sources_go_through_datasets(monkeypatch):
-    import looplm.tasks.alpaca
     import looplm.tasks.base
-    import looplm.tasks.gsm8k
+    import looplm.tasks.datasource
 
     calls = []
 
@@ -70,8 +69,7 @@ def test_hub_sources_go_through_datasets(monkeypatch):
         if name == "openai/gsm8k":
             return [{"question": f"Q{i}?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"} for i in range(3)]
         return [{"instruction": f"Say {i}", "input": "", "output": f"{i}"} for i in range(200)]
-    monkeypatch.setattr(looplm.tasks.gsm8k, "load_hub", fake_hub)
-    monkeypatch.setattr(looplm.tasks.alpaca, "load_hub", fake_hub)
+    monkeypatch.setattr(looplm.tasks.datasource, "load_hub", fake_hub)  # every loader's hub path
     gsm = load_items("gsm8k", 2, 0, gsm8k="hub").examples
     assert [e.gold for e in gsm] == ["1", "2"] and calls[0] == ("openai/gsm8k", "main", "test")
     chat = load_items("chat", 3, 0, alpaca="hub").examples
@@ -79,7 +77,7 @@ def test_hub_sources_go_through_datasets(monkeypatch):
 
     def down(name, config=None, split="train", task="?"):
         raise DataSourceError(f"could not load hub dataset {name}: offline; " + looplm.tasks.base.remedy_text(task))
-    monkeypatch.setattr(looplm.tasks.gsm8k, "load_hub", down)
+    monkeypatch.setattr(looplm.tasks.datasource, "load_hub", down)
     with pytest.raises(DataSourceError, match="pass a local copy with --gsm8k PATH"):
         load_items("gsm8k", 2, 0, gsm8k="hub")
 

@@ -1,4 +1,4 @@
-"""`looplm audit`: the three pathology checks of AUDIT.md, with numbers, thresholds and verdicts.
+"""`looplm audit`: the three pathology checks of docs/audit.md, with numbers, thresholds and verdicts.
 
 Modules: `checks.py` (the three checks, pure functions of states / gradients), `run.py`
 (`AuditConfig`, the held-out batch, `run_audit(config)`), `report.py` (text report, PNG plots),
@@ -24,7 +24,7 @@ inputs `x = w[:, :-1]`, targets `y = w[:, 1:]`. R is the model's training depth 
    `elastic_max_acc_drop` below its R-step value.
 3. Gradient starvation. The LM loss (mean next-token cross-entropy) of a G-step run
    (`grad_depth`, default 2R) is back-propagated twice: with truncation off, and with the
-   trainer's truncation (only the last `bptt_steps` steps build a graph, default 8 as in MODEL.md).
+   trainer's truncation (only the last `bptt_steps` steps build a graph, default 8 as in pre-training).
    Reported for every step i = 1..G: `||dL/ds_i||` (s_i is the state step i produces, the gradient
    taken through everything after it) and `||g_i||`, the gradient of the core parameters through
    their use in step i alone: each step runs on its own copy of the core's parameters (see

@@ -11,7 +11,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     d = AuditConfig(ckpt="-")
     p = subparsers.add_parser("audit", help="the three pathology checks (update shock, elastic depth, gradients)",
                               description="Update shock, elastic depth and gradient starvation of a checkpoint, with "
-                                          "numbers, thresholds and verdicts (see AUDIT.md and looplm/audit.py).")
+                                          "numbers, thresholds and verdicts (see docs/audit.md).")
     p.add_argument("--ckpt", required=True, metavar="DIR", help="checkpoint directory (read only)")
     p.add_argument("--out", metavar="DIR", help="output directory (default: CKPT-audit next to the checkpoint)")
     p.add_argument("--data", default=d.data, help="held-out text: 'generated' (default: eval-split task documents), "

@@ -42,7 +42,7 @@ class AuditConfig:
     elastic_min_agreement: float = 0.7  # PASS needs greedy agreement with the R-step run >= this
     elastic_max_acc_drop: float = 0.1  # PASS needs accuracy >= acc(R) - this at every depth
     grad_depth: int | None = None  # G; None = 2R
-    bptt_steps: int = 8  # steps with a graph in the truncated run (MODEL.md default)
+    bptt_steps: int = 8  # steps with a graph in the truncated run (the pre-training default)
     starve_min_ratio: float = 1e-3  # a step is starved below this x the largest gradient norm
     device: str = "cpu"
     progress: bool = True

@@ -4,7 +4,7 @@ Stages of `calibrate_halt(HaltCalibConfig)`:
 1. Sequences: each training prompt plus the frozen model's own full-depth greedy continuation
    (`sequences="greedy"`, the distribution adaptive decoding sees) or its reference response
    (`sequences="data"`, SFT/task data only).
-2. Labels from the model's own convergence (MODEL.md): one full-depth forward keeps s_1..s_n; the coda
+2. Labels from the model's own convergence (docs/model.md): one full-depth forward keeps s_1..s_n; the coda
    is run on every s_{t+1} (all positions at the same depth), giving p_t. For each real position,
    y_t = 1 iff argmax p_t' = argmax p_full for every t' >= t and KL(p_full ‖ p_t) < kl_delta.
    Prompt positions are labelled too (prefill exits early as well, and its states feed the coda).

@@ -121,7 +121,9 @@ def _add_pretrain_mix(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mix", default="clrs=0.5,math=0.33,text=0.17", metavar="D=S,...",
                    help="token shares per domain (clrs, math, text), summing to 1 (default: %(default)s)")
     p.add_argument("--source", action="append", metavar="DOMAIN=SPEC",
-                   help="SPEC is hub, generated or local:PATH (repeatable). Defaults: clrs=generated, "
+                   help="SPEC is hub (the domain's dataset), hub:NAME[:CONFIG][@SPLIT], generated, or local:PATH "
+                        "(a .jsonl/.json/.parquet/.csv or text file, a hub-layout or save_to_disk directory; "
+                        "repeatable). Defaults: clrs=generated, "
                         "math=generated; text has no default (e.g. text=local:../shared/data/wikitext2/wiki.test.raw, "
                         "or text=generated for synthetic English paragraphs, recorded in the manifest)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated documents (default: 0)")
@@ -147,9 +149,12 @@ def _add_sft(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE.jsonl")
     p.add_argument("--sizes", metavar="L,M,C", help="rows per domain LOGIC,MATH,CHAT (overrides the recipe)")
     p.add_argument("--math-source", choices=tuple(MATH_SOURCES), help="required when the math size is > 0")
-    p.add_argument("--gsm8k", metavar="PATH|hub", help="GSM8K file/directory or hub (for --math-source gsm8k)")
+    p.add_argument("--gsm8k", metavar="SOURCE", help="GSM8K source (for --math-source gsm8k): a file (.jsonl, .json, "
+                   ".parquet, .csv), a directory ({split}.jsonl, main/{split}-*.parquet, save_to_disk), hub "
+                   "(openai/gsm8k, main) or hub:NAME[:CONFIG][@SPLIT]")
     p.add_argument("--alpaca", metavar="PATH|hub|generated",
-                   help="chat domain: Alpaca-format JSON/JSONL, hub (yahma/alpaca-cleaned), or generated "
+                   help="chat domain: Alpaca-format or TRL messages/prompt-completion rows (any source: a "
+                        "file, a directory, hub:NAME[:CONFIG][@SPLIT]), hub (yahma/alpaca-cleaned), or generated "
                         "(synthetic English instructions, task synth_chat; recorded in the manifest)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--replay", type=float, default=0.0, metavar="F",
@@ -172,7 +177,9 @@ def _add_rl(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", required=True, type=int, help="number of prompts")
     p.add_argument("--out", required=True, metavar="FILE.jsonl")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--source", metavar="hub|PATH", help="data source of a loaded task")
+    p.add_argument("--source", metavar="SOURCE", help="data source of a loaded task: a file (.jsonl, .json, .parquet, "
+                   ".csv), a hub-layout or save_to_disk directory, hub, or hub:NAME[:CONFIG][@SPLIT]; TRL "
+                   "messages / prompt-completion rows are accepted")
     p.add_argument("--split", help="task split (default: train)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE",
                    help="task option, VALUE parsed as JSON when it can be (e.g. node_counts=[4,5])")

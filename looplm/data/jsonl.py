@@ -1,7 +1,8 @@
 """JSONL reading/writing with exact error locations, and train/eval overlap detection.
 
-- `iter_jsonl(path, required)` streams rows; `read_jsonl` returns them as a list. A malformed line,
-  a non-object row, a missing or non-string required field, or a blank line before the end of the
+- `iter_jsonl(path, required)` streams rows; `read_jsonl` returns them as a list (both defined in
+  `looplm.tasks.datasource`, the one JSONL reader). A malformed line, a line that is not UTF-8, a
+  non-object row, a missing or non-string required field, or a blank line before the end of the
   file is a `DataFormatError` naming `file:line`. Nothing is skipped.
 - `write_jsonl(path, rows)` writes atomically (temp file + rename) and returns the row count.
 - `check_overlap(train_rows, eval_rows, key)` returns the indices of train rows whose `key` text also
@@ -16,58 +17,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
-from looplm.tasks.base import DataSourceError
-
-
-class DataFormatError(DataSourceError):
-    """A data file is malformed; the message names the file and line."""
+from looplm.tasks.datasource import DataFormatError, iter_jsonl, read_jsonl  # noqa: F401 - re-exported
 
 
 def text_hash(text: str) -> bytes:
     """16-byte sha256 prefix of a text: the identity used for overlap and duplicate checks."""
     return hashlib.sha256(text.encode("utf-8")).digest()[:16]
-
-
-def _check_row(row: Any, required: tuple[str, ...], where: str) -> dict[str, Any]:
-    if not isinstance(row, dict):
-        raise DataFormatError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    missing = [k for k in required if k not in row]
-    if missing:
-        raise DataFormatError(f"{where}: missing field(s) {', '.join(missing)} "
-                              f"(required: {', '.join(required)})")
-    bad = [k for k in required if not isinstance(row[k], str)]
-    if bad:
-        raise DataFormatError(f"{where}: field(s) {', '.join(bad)} must be strings")
-    return row
-
-
-def iter_jsonl(path: str | Path, required: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
-    """Rows of a JSONL file, streamed. Trailing blank lines are allowed; any other blank line is an
-    error, as is malformed JSON or a missing/non-string required field."""
-    path = Path(path)
-    required = tuple(required)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: no such file")
-    blank_at = 0
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                blank_at = blank_at or lineno
-                continue
-            if blank_at:
-                raise DataFormatError(f"{path}:{blank_at}: blank line inside the file")
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
-            yield _check_row(row, required, f"{path}:{lineno}")
-
-
-def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """All rows of a JSONL file (see `iter_jsonl` for the checks)."""
-    return list(iter_jsonl(path, required))
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -3,7 +3,9 @@ the task's `score` compares against) plus `FILE.manifest.json`.
 
 Generated tasks (`clrs_dfs`, `dfs_verbal`, `arith`, `word_problems`) draw from their "train" split
 (or `split="eval"` for held-out prompt sets) with a seed derived from `seed`; loaded tasks (`gsm8k`,
-`orca_math`, `alpaca`, `text`) need an explicit `source` (`hub` or a local path) and are sampled by a
+`orca_math`, `alpaca`, `text`) need an explicit `source` (any spec of `looplm.tasks.datasource`:
+`hub`, `hub:NAME[:CONFIG][@SPLIT]`, a file, a hub-layout or `save_to_disk` directory; TRL
+`messages` / `prompt`+`completion` rows are read by the task loaders) and are sampled by a
 seeded shuffle (asking for more rows than exist is an error). Rows whose gold answer is empty (e.g.
 Orca solutions without a number) cannot be rewarded: they are left out and counted in the manifest.
 `exclude` JSONL files are checked for prompt overlap (error unless `drop_overlap`).
@@ -24,6 +26,7 @@ from looplm.data.shards import file_sha256
 from looplm.data.sources import derive_seed
 from looplm.tasks import ALIASES, GENERATED_TASKS, get_task
 from looplm.tasks.base import DataSourceError, Example
+from looplm.tasks.datasource import is_hub
 
 
 @dataclass
@@ -58,7 +61,7 @@ def rl_examples(cfg: RLConfig) -> tuple[list[Example], dict[str, Any]]:
     try:
         pool = module.load(cfg.source, split=split, **cfg.opts)
     except DataSourceError as e:
-        if cfg.source != "hub":
+        if not is_hub(cfg.source):
             raise  # local errors already name the file (and line)
         raise DataSourceError(hub_failure(task, e, "pass a local copy with --source PATH, or pick a "
                                                    f"generated task ({', '.join(GENERATED_TASKS)})")) from e

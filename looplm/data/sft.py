@@ -3,17 +3,21 @@
 Recipes (sizes LOGIC, MATH, CHAT): `three-domain` = 10,000 / 1,000 / 10,000 and `math-heavy` =
 1,000 / 333 / 333; `sizes` overrides them. Domains:
 - logic: generated verbal DFS traces (`dfs_verbal`, tasks' "train" split, nodes `logic_nodes`);
-- math: exactly the source asked for (`math_source`): `gsm8k` (train split from `gsm8k_source`, a
-  local file/directory or `hub`), `word-problems` or `arith` (generated, "train" split). No default:
-  the report's silent swap of GSM8K for arithmetic cannot happen here;
-- chat: Alpaca-format rows from `alpaca_source`: a local file, `hub`, or `generated` (synthetic
+- math: exactly the source asked for (`math_source`): `gsm8k` (train split from `gsm8k_source`, any
+  source spec of `looplm.tasks.datasource`: a file, a hub-layout or `save_to_disk` directory, `hub`
+  or `hub:NAME[:CONFIG][@SPLIT]`), `word-problems` or `arith` (generated, "train" split). No
+  default: the report's silent swap of GSM8K for arithmetic cannot happen here;
+- chat: Alpaca-format (or TRL `messages` / `prompt`+`completion`) rows from `alpaca_source`: any
+  source spec, or `generated` (synthetic
   English instructions from the `synth_chat` task, "train" split; only when asked for; a local file
   literally named `generated` is passed as `local:generated`). No default;
 - replay (optional, share `replay` of the final set): CLRS-Text DFS question/answer records in the
   pre-training format, `domain = "replay"` (trainers may skip the chat template for them).
 A domain of size 0 needs no source. Loaded rows are shuffled with the seed and the first N taken;
 asking for more rows than the source has is an error (no oversampling). Generated rows are checked to
-lie in the tasks' train split; GSM8K rows are checked against GSM8K test when it can be found;
+lie in the tasks' train split; GSM8K rows are checked against GSM8K test when it can be found (the
+hub spec's test split, a directory's test split, or a sibling file named with `test` for `train`
+or `test.jsonl`);
 `exclude` files (JSONL with a `prompt` field) are checked too. An overlap is an error unless
 `drop_overlap`, which drops those rows and records how many.
 
@@ -24,6 +28,7 @@ the manifest, not removed.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +38,9 @@ from looplm.data.mixture import DataBuildError
 from looplm.data.shards import file_sha256
 from looplm.data.sources import derive_seed
 from looplm.tasks import get_task
-from looplm.tasks.base import DataSourceError, Example, in_split, parse_source, remedy_text
+from looplm.tasks.base import DataSourceError, Example, in_split
+from looplm.tasks.datasource import (data_files, has_split, is_hub, is_saved_dataset, parse_spec, remedy_text,
+                                     with_split)
 
 RECIPES: dict[str, tuple[int, int, int]] = {"three-domain": (10_000, 1_000, 10_000),
                                             "math-heavy": (1_000, 333, 333)}
@@ -95,7 +102,7 @@ def _load_task(task: str, source: str, split: str, flag: str, alt: str) -> list[
     try:
         return get_task(task).load(source, split=split)
     except DataSourceError as e:
-        if source != "hub":
+        if not is_hub(source):
             raise  # local errors already name the file (and line)
         raise DataSourceError(hub_failure(task, e, f"pass a local copy with {flag} PATH{alt}")) from e
 
@@ -106,15 +113,31 @@ def hub_failure(task: str, err: BaseException, remedy: str) -> str:
     return f"{msg[: -len(theirs)] if msg.endswith(theirs) else msg}; {remedy}"
 
 
+def _sibling_test_file(path: Path) -> Path | None:
+    """The test file next to a train file: `train` replaced by `test` in its name, else `test.jsonl`."""
+    named = path.with_name(re.sub(r"(?<![a-z])train(?![a-z])", "test", path.name))
+    for cand in (named, path.with_name("test.jsonl")):
+        if cand.is_file() and cand.resolve() != path.resolve():
+            return cand
+    return None
+
+
 def gsm8k_eval_rows(source: str) -> tuple[list[Example], str | None]:
-    """The GSM8K test split belonging to `source` (hub, a directory, or a sibling test.jsonl)."""
-    kind, path = parse_source(source)
-    if kind == "hub":
-        return _load_task("gsm8k", "hub", "test", "--gsm8k", ""), "hub:test"
-    test = path / "test.jsonl" if path.is_dir() else path.with_name("test.jsonl")
-    if test.is_file() and test.resolve() != path.resolve():
-        return get_task("gsm8k").load(str(test), split="test"), str(test)
-    return [], None
+    """The GSM8K test split belonging to `source` (see the module docstring); ([], None) if none."""
+    from looplm.tasks import gsm8k
+
+    spec = parse_spec(source, (gsm8k.HUB_NAME, gsm8k.HUB_CONFIG))
+    if spec.kind == "hub":
+        test = with_split(source, "test")
+        return _load_task("gsm8k", test, "test", "--gsm8k", ""), f"{test}{'' if '@' in test else ' (test)'}"
+    if spec.path.is_dir():
+        if not has_split(spec.path, "test", gsm8k.HUB_CONFIG):
+            return [], None
+        where = (f"{spec.path}[test]" if is_saved_dataset(spec.path) else
+                 ", ".join(map(str, data_files(spec.path, "test", gsm8k.HUB_CONFIG))))
+        return gsm8k.load(source, split="test"), where
+    test_file = _sibling_test_file(spec.path)
+    return (gsm8k.load(str(test_file), split="test"), str(test_file)) if test_file else ([], None)
 
 
 def logic_rows(cfg: SFTConfig, n: int) -> tuple[list[Example], dict[str, Any]]:

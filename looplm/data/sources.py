@@ -1,4 +1,5 @@
-"""Pre-training document sources per domain: `hub`, `local:PATH` or `generated`, always explicit.
+"""Pre-training document sources per domain: `hub`, `hub:NAME[:CONFIG][@SPLIT]`, `local:PATH` (or a
+bare existing path) or `generated`, always explicit.
 
 Domains and what each source kind means:
 
@@ -11,11 +12,12 @@ Domains and what each source kind means:
 `text` has no default: it must be given, and `--source text=generated` is an explicit choice of
 synthetic English (small vocabulary; for offline runs, not a stand-in for WikiText quality).
 
-A document is `question + answer` (joined by a newline unless the question already ends with one,
-which is the CLRS-Text layout) or a row's `text`. Local files: `.jsonl` (streamed), `.json` (an
-array), `.parquet`, anything else is plain text read one paragraph per line (the WikiText layout),
-CRLF turned into LF, a heading line (`= Title =`) attached to the paragraph after it. Hub text rows
-are read the same way (they are WikiText lines).
+Rows are read by `looplm.tasks.datasource.iter_rows` (split "train" unless a hub spec names one):
+`hub:NAME...` datasets, `.jsonl`/`.json`/`.parquet`/`.csv` files, hub-layout and `save_to_disk`
+directories. A document is `question + answer` (joined by a newline unless the question already ends
+with one, which is the CLRS-Text layout) or a row's `text`. Plain-text files (any other suffix) and
+the rows of the WikiText hub dataset are lines: one paragraph per non-blank line (the WikiText
+layout), CRLF turned into LF, a heading line (`= Title =`) attached to the paragraph after it.
 
 A failed hub load is a `DataSourceError` that names the dataset and says how to pass a local copy
 or ask for generated data; nothing falls back on its own.
@@ -27,13 +29,14 @@ rows of CLRS-Text are taken whatever their `algo_name` (the report used all of C
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from looplm.data.jsonl import DataFormatError, iter_jsonl
-from looplm.tasks.base import DataSourceError, load_hub, read_json_array
+from looplm.tasks.datasource import (LINE_FIELD, DataFormatError, DataSourceError, is_hub, iter_rows,
+                                     parse_spec)
 
 DOMAINS: tuple[str, ...] = ("clrs", "math", "text")
 DEFAULT_SOURCES: dict[str, str] = {"clrs": "generated", "math": "generated"}  # text: must be given
@@ -48,37 +51,42 @@ GENERATORS: dict[str, tuple[str, ...]] = {"clrs": ("clrs_dfs",), "math": ("arith
 
 @dataclass(frozen=True)
 class Source:
-    """Where one domain's documents come from. `kind` is hub | local | generated."""
+    """Where one domain's documents come from. `kind` is hub | local | generated; `spec` is the
+    canonical spec string (`generated`, `hub`, `hub:NAME...` or `local:PATH`)."""
 
     domain: str
     kind: str
+    spec: str
     path: Path | None = None
-
-    @property
-    def spec(self) -> str:
-        return f"local:{self.path}" if self.kind == "local" else self.kind
 
     @property
     def finite(self) -> bool:
         return self.kind != "generated"
 
 
+SPEC_FORMS = "hub, generated or local:PATH (a file or directory), or hub:NAME[:CONFIG][@SPLIT]"
+
+
 def parse_source(domain: str, spec: str) -> Source:
-    """`hub`, `generated` or `local:PATH` for `domain`; anything else is a clear error."""
+    """A `Source` for `domain` (see the module docstring); anything else is a clear error."""
     if domain not in DOMAINS:
         raise DataSourceError(f"unknown domain {domain!r}; domains are {', '.join(DOMAINS)}")
-    if spec in ("hub", "generated"):
-        if spec == "generated" and domain not in GENERATORS:
+    if spec == "generated":
+        if domain not in GENERATORS:
             raise DataSourceError(f"domain {domain!r} has no generator; pass --source "
                                   f"{domain}=local:PATH (e.g. ../shared/data/wikitext2/wiki.test.raw) "
                                   f"or --source {domain}=hub")
-        return Source(domain, spec)
-    if spec.startswith("local:") and len(spec) > len("local:"):
-        path = Path(spec[len("local:"):])
-        if not path.is_file():
-            raise DataSourceError(f"--source {domain}={spec}: no such file {path}")
-        return Source(domain, "local", path)
-    raise DataSourceError(f"--source {domain}={spec!r}: expected hub, generated or local:PATH")
+        return Source(domain, "generated", spec)
+    if is_hub(spec):
+        parse_spec(spec, HUB_DATASETS[domain][:2])  # a malformed hub spec fails here, before any build
+        return Source(domain, "hub", spec)
+    local = spec.startswith("local:")
+    path = Path(spec[len("local:"):]) if local else Path(spec)
+    if local and len(spec) > len("local:") or not local and spec and path.exists():
+        if not path.exists():
+            raise DataSourceError(f"--source {domain}={spec}: no such file or directory {path}")
+        return Source(domain, "local", f"local:{path}", path)
+    raise DataSourceError(f"--source {domain}={spec!r}: expected {SPEC_FORMS}")
 
 
 def resolve_sources(domains: list[str], given: dict[str, str]) -> dict[str, Source]:
@@ -164,48 +172,54 @@ def row_doc(row: Any, where: str) -> str:
                           f"'answer' fields")
 
 
+def _docs(rows: Iterator[tuple[dict[str, Any], str]], text_is_lines: bool) -> Iterator[str]:
+    """Documents of a row stream: runs of line rows grouped by `paragraphs`, every other row by
+    `row_doc`. `text_is_lines`: the rows' `text` fields are lines (the WikiText hub dataset)."""
+    def is_line(item: tuple[dict[str, Any], str]) -> bool:
+        row = item[0]
+        return isinstance(row.get(LINE_FIELD), str) or (text_is_lines and isinstance(row.get("text"), str))
+
+    for lines, group in itertools.groupby(rows, key=is_line):
+        if lines:
+            yield from paragraphs(row.get(LINE_FIELD, row.get("text")) for row, _ in group)
+        else:
+            for row, where in group:
+                yield row_doc(row, where)
+
+
 def local_docs(path: Path) -> Iterator[str]:
-    """Documents of a local file (see the module docstring for the formats), streamed."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        for i, row in enumerate(iter_jsonl(path), start=1):
-            yield row_doc(row, f"{path}:{i}")
-    elif suffix == ".json":
-        for i, row in enumerate(read_json_array(path)):
-            yield row_doc(row, f"{path}: row {i}")
-    elif suffix == ".parquet":
-        import datasets
-
-        ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-        for i, row in enumerate(ds):
-            yield row_doc(row, f"{path}: row {i}")
-    else:
-        with path.open(encoding="utf-8", newline="") as f:
-            yield from paragraphs(iter(f))
+    """Documents of a local file or directory (see the module docstring), streamed."""
+    return _docs(iter_rows(str(path), "train", text=True), text_is_lines=False)
 
 
-def hub_docs(domain: str) -> Iterator[str]:
-    """Documents of the domain's hub dataset; a failed load names the dataset and the remedies."""
+def hub_docs(domain: str, spec: str = "hub") -> Iterator[str]:
+    """Documents of a hub spec (`hub` = the domain's dataset); a failed load names the dataset and
+    the remedies."""
     name, config, split = HUB_DATASETS[domain]
+    parsed = parse_spec(spec, (name, config))
+    rows = iter_rows(spec, split, default_hub=(name, config), task=domain)
     try:
-        ds = load_hub(name, config, split, task=domain)
+        first = next(rows, None)
+    except DataFormatError:
+        raise
     except DataSourceError as e:
         cause = e.__cause__ or e
         gen = f", or ask for generated data with --source {domain}=generated" if domain in GENERATORS else ""
-        label = name + (f" (config {config})" if config else "")
-        raise DataSourceError(f"domain {domain!r}: could not load hub dataset {label} "
+        raise DataSourceError(f"domain {domain!r}: could not load hub dataset {parsed} "
                               f"({type(cause).__name__}: {cause}); pass a local copy with "
                               f"--source {domain}=local:PATH{gen}") from e
-    if domain == "text":
-        yield from paragraphs(str(row["text"]) for row in ds)
-    else:
-        for i, row in enumerate(ds):
-            yield row_doc(dict(row), f"{name}: row {i}")
+    if first is not None:
+        yield from _docs(itertools.chain([first], rows), text_is_lines=parsed.name == HUB_DATASETS["text"][0])
 
 
 def finite_docs(src: Source) -> Iterator[str]:
     """One pass over a hub or local source."""
-    return hub_docs(src.domain) if src.kind == "hub" else local_docs(src.path)
+    return hub_docs(src.domain, src.spec) if src.kind == "hub" else local_docs(src.path)
+
+
+def _local_size(path: Path) -> dict[str, int]:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
 
 def describe(src: Source, clrs_nodes: tuple[int, ...]) -> dict[str, Any]:
@@ -219,7 +233,8 @@ def describe(src: Source, clrs_nodes: tuple[int, ...]) -> dict[str, Any]:
             out["unit"] = "paragraph (synthetic English)"
     elif src.kind == "hub":
         name, config, split = HUB_DATASETS[src.domain]
-        out.update(dataset=name, config=config, split=split)
+        parsed = parse_spec(src.spec, (name, config))
+        out.update(dataset=parsed.name, config=parsed.config, split=parsed.split or split)
     else:
-        out.update(path=str(src.path), bytes=src.path.stat().st_size)
+        out.update(path=str(src.path), **_local_size(src.path))
     return out

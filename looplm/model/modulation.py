@@ -8,7 +8,7 @@ At init g = 0, so the layer is exactly the plain linear; training learns to resc
 directions per step and per input. `StepModulatedLinear` conditions g on the step only, so its
 effective weight is materialised once per step (used for CART-MLA's up-projections, whose latent
 cache must stay valid across steps). `reinit_from_weight()` recomputes U, V from the current W (the
-optional "re-initialise after warm-up" of MODEL.md).
+optional "re-initialise after warm-up" of docs/model.md).
 
 Speed: the step-only part `G_e · step_emb(t)` (and a StepModulatedLinear's whole weight) is computed
 for all steps at once by `step_terms` (see `RecurrentCore.step_table`). In `ModulatedLinear`, W, Vᵀ

@@ -15,7 +15,7 @@ build a graph. Adaptive exit (`halt_threshold`): a token exits at the first step
 with λ_t > τ; its state is frozen; rows whose tokens all exited leave the batch for the remaining
 steps, so compute really shrinks. Incremental decoding passes a `ModelCache`.
 
-Design choices (see MODEL.md): e is RMS-normed before injection; W_adapt starts as [small noise | I]
+Design choices (see docs/model.md): e is RMS-normed before injection; W_adapt starts as [small noise | I]
 (or [gain * I | I] with `adapter_state_gain`, so the state flows through the steps from the start) so
 that step 0 sees e; W_g starts at zero (α = sigmoid(scale · b)); speculative projections start at
 zero; output projections are scaled by 1/sqrt(2 · effective depth).

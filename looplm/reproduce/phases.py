@@ -1,4 +1,4 @@
-"""The phases of `looplm reproduce`, in PIPELINE.md order, each a call into a stage's own `main(config)`.
+"""The phases of `looplm reproduce`, in docs/pipeline.md order, each a call into a stage's own `main(config)`.
 
     tokenizer -> data -> pretrain -> sft (+ sft-noreplay) -> grpo-outcome (+ grpo-outcome-noreplay)
     -> grpo-process (+ grpo-outcome-cmp: outcome reward, same start, same steps) -> calibrate-halt

@@ -6,17 +6,19 @@ Rows are `{"instruction", "input", "output"}` (`input` may be empty or absent). 
     prompt = instruction + "\\n\\nInput:\\n" + input          otherwise
     answer = gold = output
 
-`source`: `"hub"` -> `datasets.load_dataset("yahma/alpaca-cleaned", split=split)`; otherwise a
-local path (`"local:PATH"` or a bare path) to a `.json` array (e.g. `../shared/data/alpaca/
-alpaca_en_demo.json`), a `.jsonl` file or a `.parquet` file. Malformed rows are errors naming the
-file and line/row. Chat is evaluated by response loss in `eval`; `score` here is a bag-of-words
+`source`: any spec of `looplm.tasks.datasource`: `"hub"` -> `datasets.load_dataset(
+"yahma/alpaca-cleaned", split=split)`, `hub:NAME...`, or a local path (`"local:PATH"` or a bare
+path): a `.json` array (e.g. `../shared/data/alpaca/alpaca_en_demo.json`), a `.jsonl`, `.parquet`
+or `.csv` file, a hub-layout or `save_to_disk` directory. TRL rows (`messages` [user, assistant] or
+`prompt` + `completion`) are read as instruction = the user turn, output = the assistant turn.
+Malformed rows are errors naming the file and line/row. Chat is evaluated by response loss in `eval`; `score` here is a bag-of-words
 token F1 against the reference output (`base.token_f1`), key `"score"`, a cheap generation check.
 """
 
 from __future__ import annotations
 
-from looplm.tasks.base import (DataSourceError, Example, hub_rows, load_hub, parse_source,
-                               read_records, token_f1)
+from looplm.tasks.base import DataSourceError, Example, token_f1
+from looplm.tasks.conversations import task_rows
 
 TASK = "alpaca"
 HUB_NAME = "yahma/alpaca-cleaned"
@@ -42,16 +44,9 @@ def to_example(row: dict, where: str) -> Example:
 
 
 def load(source: str, split: str = "train", limit: int | None = None) -> list[Example]:
-    """Alpaca examples from the hub or a local file (see the module docstring)."""
-    kind, path = parse_source(source)
-    if kind == "hub":
-        label = f"{HUB_NAME}[{split}]"
-        rows = hub_rows(load_hub(HUB_NAME, None, split=split, task=TASK), REQUIRED, label)
-        wheres = [f"{label} row {i}" for i in range(len(rows))]
-    else:
-        rows = read_records(path, REQUIRED)
-        wheres = [f"{path}: row {i}" for i in range(len(rows))]
-    examples = [to_example(r, w) for r, w in zip(rows, wheres)]
+    """Alpaca examples from any source spec (see the module docstring)."""
+    rows = task_rows(source, split, task=TASK, default_hub=(HUB_NAME, None), fields=REQUIRED)
+    examples = [to_example(r, w) for r, w in rows]
     return examples if limit is None else examples[:limit]
 
 

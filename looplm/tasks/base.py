@@ -3,12 +3,8 @@ and the exact numeric answer comparison used by gsm8k, arith, word_problems and 
 
 - `Example(prompt, answer, gold, task, meta)`: one item; `prompt` is the question text, `answer` the
   full target (trace / worked solution), `gold` the canonical final answer string used for scoring.
-- `load_hub(name, config, split, task)`: `datasets.load_dataset` wrapped so that any failure becomes a
-  `DataSourceError` naming the dataset and how to pass a local copy (`--source local:PATH`) or ask for
-  generated data.
-- `parse_source(source)`: `"hub"` or a local path (`"local:PATH"` or a bare path).
-- `read_jsonl(path, required)` / `read_json_array(path, required)` / `read_records(path, required)`:
-  local JSON/JSONL/parquet rows; a malformed line is an error naming `file:line`.
+- `DataSourceError`, `load_hub`, `read_jsonl`, ...: re-exported from `looplm.tasks.datasource`, where
+  source specs are parsed and every loader's rows are read.
 - `parse_number(s) -> Fraction | None` / `numbers_equal(a, b)`: exact rational comparison of final
   answers (`$`, thousands commas, a trailing `.` stripped; `10.0 == 10`); bounded input (at most 64
   characters, at most 15 digits, no exponent syntax), never float, never eval.
@@ -17,26 +13,22 @@ and the exact numeric answer comparison used by gsm8k, arith, word_problems and 
 - `extract_hash_answer(text)`: lm-eval-harness's GSM8K strict regex `#### (\\-?[0-9\\.\\,]+)`, first
   match.
 
-Simplification: local JSONL is parsed here (not via `datasets`) so that errors can name the line;
-parquet goes through `datasets.load_dataset("parquet", ...)`.
+Simplification: the re-exports keep `from looplm.tasks.base import DataSourceError` working for the
+many modules that only need the error.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Any, Iterable
 
-
-class DataSourceError(RuntimeError):
-    """A dataset could not be loaded (hub down, file missing or malformed); the message says why and
-    what to do instead."""
+from looplm.tasks.datasource import (DataFormatError, DataSourceError, load_hub, parse_spec,  # noqa: F401
+                                     read_json_array, read_jsonl, remedy_text)
 
 
 @dataclass
@@ -52,120 +44,6 @@ class Example:
     def to_dict(self) -> dict[str, Any]:
         return {"prompt": self.prompt, "answer": self.answer, "gold": self.gold, "task": self.task,
                 "meta": dict(self.meta)}
-
-
-# ----------------------------------------------------------------------------- sources
-
-
-def parse_source(source: str) -> tuple[str, Path | None]:
-    """`"hub"` -> ("hub", None); `"local:PATH"` or a bare path -> ("local", Path). Empty is an error."""
-    if not isinstance(source, str) or not source.strip():
-        raise DataSourceError(f"source must be 'hub' or a local path ('local:PATH'), got {source!r}")
-    if source == "hub":
-        return "hub", None
-    path = source[len("local:"):] if source.startswith("local:") else source
-    if not path:
-        raise DataSourceError("source 'local:' needs a path after the colon, e.g. local:data/x.jsonl")
-    return "local", Path(path)
-
-
-def remedy_text(task: str) -> str:
-    """How to avoid the hub: the same sentence in every hub error."""
-    return (f"pass a local copy with --source local:PATH (for task '{task}'), "
-            f"or ask for generated data explicitly instead")
-
-
-def load_hub(name: str, config: str | None = None, split: str = "train", task: str = "?") -> Any:
-    """`datasets.load_dataset(name, config, split=split)`; any failure -> `DataSourceError` naming the
-    dataset (and config/split) and the remedy. Returns the `datasets.Dataset`."""
-    label = name + (f" (config {config!r})" if config else "") + f", split {split!r}"
-    try:
-        import datasets  # imported lazily: it is slow to import and only the hub path needs it
-    except ImportError as e:  # pragma: no cover - datasets is a dependency
-        raise DataSourceError(f"cannot load hub dataset {label}: the 'datasets' package is missing "
-                              f"({e}); {remedy_text(task)}") from e
-    try:
-        args = (name, config) if config else (name,)
-        return datasets.load_dataset(*args, split=split)
-    except Exception as e:  # noqa: BLE001 - every hub failure gets the same clear message
-        raise DataSourceError(f"could not load hub dataset {label}: {type(e).__name__}: {e}; "
-                              f"{remedy_text(task)}") from e
-
-
-def _check_fields(row: Any, required: Iterable[str], where: str) -> dict[str, Any]:
-    if not isinstance(row, dict):
-        raise DataSourceError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    missing = [k for k in required if k not in row]
-    if missing:
-        raise DataSourceError(f"{where}: missing field(s) {missing}")
-    bad = [k for k in required if not isinstance(row[k], str)]
-    if bad:
-        raise DataSourceError(f"{where}: field(s) {bad} must be strings")
-    return row
-
-
-def read_jsonl(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a blank line before the end is an error (nothing is silently skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataSourceError(f"{path}: no such file")
-    lines = path.read_text(encoding="utf-8").split("\n")
-    while lines and not lines[-1].strip():  # blank lines at the very end carry nothing
-        lines.pop()
-    rows = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise DataSourceError(f"{path}:{i}: blank line")
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataSourceError(f"{path}:{i}: invalid JSON ({e.msg} at column {e.colno})") from e
-        rows.append(_check_fields(row, required, f"{path}:{i}"))
-    return rows
-
-
-def read_json_array(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Rows of a JSON file holding one array of objects; errors name the file and the row index."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataSourceError(f"{path}: no such file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataSourceError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from e
-    if not isinstance(data, list):
-        raise DataSourceError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
-    return [_check_fields(row, required, f"{path}: row {i}") for i, row in enumerate(data)]
-
-
-def read_records(path: str | Path, required: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Local rows by extension: `.jsonl`, `.json` (array, or JSONL if it does not start with `[`),
-    `.parquet` (via `datasets.load_dataset("parquet", ...)`)."""
-    path = Path(path)
-    required = tuple(required)
-    if not path.is_file():
-        raise DataSourceError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return read_jsonl(path, required)
-    if suffix == ".json":
-        with path.open(encoding="utf-8") as f:
-            head = f.read(256).lstrip()
-        return read_json_array(path, required) if head.startswith("[") else read_jsonl(path, required)
-    if suffix == ".parquet":
-        try:
-            import datasets
-            ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
-        except Exception as e:  # noqa: BLE001
-            raise DataSourceError(f"{path}: could not read parquet: {type(e).__name__}: {e}") from e
-        return [_check_fields(row, required, f"{path}: row {i}") for i, row in enumerate(ds)]
-    raise DataSourceError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json or .parquet)")
-
-
-def hub_rows(ds: Any, required: Iterable[str], label: str) -> list[dict[str, Any]]:
-    """Rows of a hub `datasets.Dataset` (or any iterable of dicts) with their fields checked."""
-    required = tuple(required)
-    return [_check_fields(dict(row), required, f"{label}: row {i}") for i, row in enumerate(ds)]
 
 
 # ----------------------------------------------------------------------------- numbers

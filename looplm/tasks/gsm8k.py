@@ -1,30 +1,33 @@
-"""GSM8K: loader (hub `openai/gsm8k`, config `main`, or a local JSONL) and lm-eval-style scoring.
+"""GSM8K: loader (hub `openai/gsm8k`, config `main`, or any local source) and lm-eval-style scoring.
 
     prompt: the question
     answer: the reference solution, ending in `#### N` (calculator annotations `<<48/2=24>>`
             stripped unless `keep_annotations=True`)
     gold:   N with thousands commas removed (e.g. "1000")
 
-`source`: `"hub"` -> `datasets.load_dataset("openai/gsm8k", "main", split=split)`; otherwise a local
-path (`"local:PATH"` or a bare path): a JSONL file of `{"question", "answer"}` rows, or a directory
-holding `{split}.jsonl` (the layout of openai/grade-school-math and `../shared/data/gsm8k/`).
-A malformed line is an error naming `file:line`; a reference without `#### N` is an error too.
+`source`: any spec of `looplm.tasks.datasource`: `"hub"` -> `datasets.load_dataset("openai/gsm8k",
+"main", split=split)`, `hub:NAME[:CONFIG][@SPLIT]`, or a local path (`"local:PATH"` or a bare path):
+a JSONL / JSON / parquet / CSV file of `{"question", "answer"}` rows (or TRL `messages` /
+`prompt`+`completion` rows), a directory holding `{split}.jsonl` (the layout of
+openai/grade-school-math and `../shared/data/gsm8k/`) or the hub's `main/{split}-*.parquet`, or a
+`save_to_disk` directory. A malformed line is an error naming `file:line`; a reference without
+`#### N` is an error too.
 
 Scoring: `extract_answer` is lm-eval-harness's strict-match regex `#### (\\-?[0-9\\.\\,]+)` (first
 match); `score` = that answer equals the gold as an exact number (`$`, commas, a trailing `.`
 stripped, `10.0 == 10`, via `fractions.Fraction`), `strict` = lm-eval's string exact match after its
 ignore-regexes, `has_answer` = a `#### N` was found.
 
-Simplification: local JSONL is parsed by `base.read_jsonl` (not `datasets`) so errors name lines.
+Simplification: a single file is read whole whatever `split` says (only directories and hub datasets
+have splits).
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from looplm.tasks.base import (DataSourceError, Example, extract_hash_answer, hash_answer_scores,
-                               hub_rows, load_hub, parse_source, read_jsonl)
+from looplm.tasks.base import DataSourceError, Example, extract_hash_answer, hash_answer_scores
+from looplm.tasks.conversations import task_rows
 
 TASK = "gsm8k"
 HUB_NAME, HUB_CONFIG = "openai/gsm8k", "main"
@@ -47,25 +50,13 @@ def to_example(row: dict, where: str, keep_annotations: bool = False) -> Example
                    meta={"source": where})
 
 
-def _local_file(path: Path, split: str) -> Path:
-    return path / f"{split}.jsonl" if path.is_dir() else path
-
-
 def load(source: str, split: str = "test", keep_annotations: bool = False,
          limit: int | None = None) -> list[Example]:
-    """GSM8K examples from the hub or a local JSONL file/directory (see the module docstring)."""
+    """GSM8K examples from any source spec (see the module docstring)."""
     if split not in SPLITS:
         raise ValueError(f"option 'split' must be one of {SPLITS}, got {split!r}")
-    kind, path = parse_source(source)
-    if kind == "hub":
-        rows = hub_rows(load_hub(HUB_NAME, HUB_CONFIG, split=split, task=TASK),
-                        ("question", "answer"), f"{HUB_NAME}[{split}]")
-        wheres = [f"{HUB_NAME}[{split}] row {i}" for i in range(len(rows))]
-    else:
-        file = _local_file(path, split)
-        rows = read_jsonl(file, required=("question", "answer"))
-        wheres = [f"{file}:{i}" for i in range(1, len(rows) + 1)]
-    examples = [to_example(r, w, keep_annotations) for r, w in zip(rows, wheres)]
+    examples = [to_example(r, w, keep_annotations) for r, w in task_rows(
+        source, split, task=TASK, default_hub=(HUB_NAME, HUB_CONFIG), fields=("question", "answer"))]
     return examples if limit is None else examples[:limit]
 
 

@@ -5,9 +5,11 @@ Rows are `{"question", "answer"}`; the answers are free-text solutions without a
     prompt = question, answer = the solution text,
     gold   = the last number in the solution (thousands commas removed), "" when it has none
 
-`source`: `"hub"` -> `datasets.load_dataset("microsoft/orca-math-word-problems-200k",
-split=split)`; otherwise a local `.json` (array or JSONL), `.jsonl` or `.parquet` file
-(`"local:PATH"` or a bare path); malformed rows are errors naming the file and line/row.
+`source`: any spec of `looplm.tasks.datasource`: `"hub"` ->
+`datasets.load_dataset("microsoft/orca-math-word-problems-200k", split=split)`, `hub:NAME...`, a
+local `.jsonl`, `.json` (array or JSONL), `.parquet` or `.csv` file, a hub-layout or `save_to_disk`
+directory (`"local:PATH"` or a bare path); TRL `messages` / `prompt`+`completion` rows are read as
+question and answer. Malformed rows are errors naming the file and line/row.
 
 Scoring: `extract_answer` takes the first `#### N` if there is one, else the last number in the
 text; `score` = it equals the gold as an exact number (`base.numbers_equal`); examples whose gold
@@ -20,8 +22,8 @@ from __future__ import annotations
 
 import re
 
-from looplm.tasks.base import (Example, extract_hash_answer, hub_rows, load_hub, numbers_equal,
-                               parse_source, read_records)
+from looplm.tasks.base import Example, extract_hash_answer, numbers_equal
+from looplm.tasks.conversations import task_rows
 
 TASK = "orca_math"
 HUB_NAME = "microsoft/orca-math-word-problems-200k"
@@ -36,17 +38,10 @@ def last_number(text: str) -> str | None:
 
 
 def load(source: str, split: str = "train", limit: int | None = None) -> list[Example]:
-    """Orca-Math examples from the hub or a local file (see the module docstring)."""
-    kind, path = parse_source(source)
-    if kind == "hub":
-        label = f"{HUB_NAME}[{split}]"
-        rows = hub_rows(load_hub(HUB_NAME, None, split=split, task=TASK), REQUIRED, label)
-        wheres = [f"{label} row {i}" for i in range(len(rows))]
-    else:
-        rows = read_records(path, REQUIRED)
-        wheres = [f"{path}: row {i}" for i in range(len(rows))]
+    """Orca-Math examples from any source spec (see the module docstring)."""
+    rows = task_rows(source, split, task=TASK, default_hub=(HUB_NAME, None), fields=REQUIRED)
     examples = [Example(prompt=r["question"], answer=r["answer"], gold=last_number(r["answer"]) or "",
-                        task=TASK, meta={"source": w}) for r, w in zip(rows, wheres)]
+                        task=TASK, meta={"source": w}) for r, w in rows]
     return examples if limit is None else examples[:limit]
 
 

@@ -3,9 +3,14 @@
 `load_texts(source, split, config, unit)` returns strings; `load(...)` wraps each in an `Example`
 with `prompt = ""`, `answer = text`, `gold = ""` (text is scored by loss, not by answers).
 
-- hub: `datasets.load_dataset("Salesforce/wikitext", config, split=split)`, one row per line;
-- local (`"local:PATH"` or a bare path): a text file (CRLF, CR or LF line ends), or a directory
-  holding WikiText's `wiki.{split}.raw`.
+- hub: `datasets.load_dataset("Salesforce/wikitext", config, split=split)`, one row per line (or
+  `hub:NAME[:CONFIG][@SPLIT]`, rows with a `text` field);
+- local (`"local:PATH"` or a bare path): a text file (CRLF, CR or LF line ends), a directory holding
+  WikiText's `wiki.{split}.raw`, or any other source of `looplm.tasks.datasource` whose rows have a
+  `text` field (JSONL, parquet, CSV, a hub-layout or `save_to_disk` directory, `hub:NAME`).
+
+Plain-text files and the rows of the WikiText hub dataset are lines, grouped into units as below;
+any other `text` row is one document (its lines are the units of "paragraph" and "line").
 
 Lines are stripped of surrounding whitespace and blank lines dropped. `unit`:
 - `"document"`: WikiText articles, split at top-level headings (raw ` = Title = ` with WikiText's
@@ -25,9 +30,9 @@ rough check; language quality is measured by loss/perplexity in `eval`.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from looplm.tasks.base import DataSourceError, Example, load_hub, parse_source, token_f1
+from looplm.tasks.base import DataSourceError, Example, token_f1
+from looplm.tasks.datasource import LINE_FIELD, iter_rows, parse_spec
 
 TASK = "text"
 HUB_NAME = "Salesforce/wikitext"
@@ -80,31 +85,32 @@ def to_units(lines: list[str], unit: str) -> list[str]:
     return ["\n".join(d) for d in docs]
 
 
-def _local_lines(path: Path, split: str) -> list[str]:
-    file = path / f"wiki.{split}.raw" if path.is_dir() else path
-    if not file.is_file():
-        raise DataSourceError(f"{file}: no such file")
-    try:
-        return split_lines(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataSourceError(f"{file}: not UTF-8 text ({e})") from e
+def _document_units(doc: str, unit: str) -> list[str]:
+    """The units of one document row: itself (stripped), or its lines as `to_units` groups them."""
+    if unit == "document":
+        return [doc.strip()] if doc.strip() else []
+    return to_units(split_lines(doc), unit)
 
 
 def load_texts(source: str, split: str = "test", config: str = DEFAULT_CONFIG,
                unit: str = "document", limit: int | None = None) -> list[str]:
-    """Texts from the hub or a local file (see the module docstring)."""
-    kind, path = parse_source(source)
-    if kind == "hub":
-        ds = load_hub(HUB_NAME, config, split=split, task=TASK)
-        label = f"{HUB_NAME}/{config}[{split}]"
-        lines = []
-        for i, row in enumerate(ds):
-            if not isinstance(row.get("text"), str):
-                raise DataSourceError(f"{label} row {i}: missing string field 'text'")
+    """Texts from any source spec (see the module docstring)."""
+    if unit not in UNITS:
+        raise ValueError(f"option 'unit' must be one of {UNITS}, got {unit!r}")
+    spec = parse_spec(source, (HUB_NAME, config))
+    wikitext_rows = spec.kind == "hub" and spec.name == HUB_NAME  # WikiText's hub rows are lines
+    lines: list[str] = []
+    docs: list[str] = []
+    for row, where in iter_rows(source, split, default_hub=(HUB_NAME, config), text=True, task=TASK):
+        if isinstance(row.get(LINE_FIELD), str):
+            lines.append(row[LINE_FIELD])
+        elif not isinstance(row.get("text"), str):
+            raise DataSourceError(f"{where}: missing string field 'text'")
+        elif wikitext_rows:
             lines.extend(split_lines(row["text"]))
-    else:
-        lines = _local_lines(path, split)
-    texts = to_units(lines, unit)
+        else:
+            docs.extend(_document_units(row["text"], unit))
+    texts = to_units(lines, unit) + docs
     if not texts:
         raise DataSourceError(f"text source {source!r} (split {split!r}) holds no text")
     return texts if limit is None else texts[:limit]

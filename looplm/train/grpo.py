@@ -57,16 +57,17 @@ def _rows_from_task(task: str, n: int, seed: int, split: str) -> list[dict]:
 
 def load_prompt_sets(cfg: GRPOConfig) -> tuple[list[dict], list[dict]]:
     """Training and held-out prompt rows, each {prompt, answer, task}."""
-    from looplm.data.jsonl import check_overlap, read_jsonl
+    from looplm.data.jsonl import check_overlap
+    from looplm.data.rowsets import read_rl_rows
 
     if cfg.task:
         train = _rows_from_task(cfg.task, cfg.n_prompts, cfg.seed, "train")
         held = _rows_from_task(cfg.task, cfg.eval_n, cfg.seed + 1, "eval") if cfg.eval_n and not cfg.eval_prompts else []
     else:
-        train = [dict(r) for r in read_jsonl(cfg.prompts, required=("prompt", "answer", "task"))]
+        train = read_rl_rows(cfg.prompts)
         held = []
     if cfg.eval_prompts:
-        held = [dict(r) for r in read_jsonl(cfg.eval_prompts, required=("prompt", "answer", "task"))][: cfg.eval_n]
+        held = read_rl_rows(cfg.eval_prompts)[: cfg.eval_n]
     if held:
         dup = check_overlap(train, held, key="prompt")
         if dup:

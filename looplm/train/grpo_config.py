@@ -21,7 +21,7 @@ LOSS_TYPES, SCALES, REWARDS = ("grpo", "dr_grpo", "dapo"), ("group", "batch", "n
 class GRPOConfig:
     init: str = field(default="", metadata={"help": 'checkpoint (or run directory) to start from; also the frozen reference'})
     out: str = field(default="", metadata={"help": 'run directory (step checkpoints, final/, metrics.jsonl)'})
-    prompts: str = field(default="", metadata={"help": 'JSONL of {prompt, answer, task} rows (e.g. from `looplm data rl`)'})
+    prompts: str = field(default="", metadata={"help": '{prompt, answer, task} rows (e.g. from `looplm data rl`; or TRL {prompt, completion, task}): a JSONL/parquet/... file, a directory or hub:NAME'})
     task: str = field(default="", metadata={"help": "or: draw prompts from this generated task's train split (arith, word_problems, dfs_verbal, clrs_dfs)"})
     n_prompts: int = field(default=2000, metadata={"help": 'number of prompts generated with --task'})
     eval_prompts: str = field(default="", metadata={"help": "held-out JSONL for pass@k (default with --task: the task's eval split)"})

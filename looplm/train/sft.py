@@ -1,9 +1,11 @@
 """`looplm sft`: supervised fine-tuning on chat-formatted prompt/response pairs, loss on response
 tokens only.
 
-Data: a JSONL file of rows `{"prompt", "response", "domain"}` (from `looplm data sft`; `domain` is
-optional and only groups validation numbers). Each row becomes `tokenizer.encode_chat(prompt,
-response)`: the chat template `<|user|>\\n{prompt}\\n<|assistant|>\\n{response}<|eos|>` with a 0/1
+Data: rows `{"prompt", "response", "domain"}` (from `looplm data sft`; `domain` is optional and only
+groups validation numbers), or TRL's `{"messages"}` / `{"prompt", "completion"}` rows, from any
+source of `looplm.data.rowsets` (a JSONL/parquet/... file, a directory, `hub:NAME`). Each row becomes
+`tokenizer.encode_messages` (for one turn, `encode_chat(prompt, response)`): the chat template
+`<|user|>\\n{prompt}\\n<|assistant|>\\n{response}<|eos|>` with a 0/1
 mask that is 1 exactly on the response tokens and the final EOS. Rows of domain `replay`
 (pre-training-format CLRS text) skip the template: `encode(prompt) + encode(response) + EOS`, loss
 on the response part. Targets are the next tokens; a target whose mask is 0 (a prompt token) or a
@@ -46,7 +48,8 @@ IGNORE = -100  # == looplm.train.common.IGNORE (kept torch-free here)
 
 @dataclass
 class SFTConfig(LoopConfig):
-    data: str = opt_field("", "SFT JSONL file with rows {prompt, response, domain}", metavar="FILE.jsonl")
+    data: str = opt_field("", "SFT rows {prompt, response, domain}, or TRL {messages} / {prompt, completion}: a "
+                              "JSONL/JSON/parquet/CSV file, a directory or hub:NAME[:CONFIG][@SPLIT]", metavar="SOURCE")
     init: str = opt_field("", "checkpoint (or run directory) to fine-tune", metavar="CKPT")
     val_data: str | None = opt_field(None, "held-out JSONL in the same format: response loss per domain at "
                                            "fixed depths", metavar="FILE.jsonl")
@@ -110,25 +113,22 @@ class Example:
 
 
 def encode_rows(path: str | Path, tok: Any, seq_len: int) -> list[Example]:
-    """Read and encode an SFT JSONL file; a row longer than seq_len + 1 tokens is an error naming
-    file:line."""
-    from looplm.data.jsonl import DataFormatError, read_jsonl
+    """Read and encode an SFT source (any spec of `looplm.data.rowsets`: looplm, TRL `messages` or
+    `prompt`/`completion` rows); a row longer than seq_len + 1 tokens is an error naming file:line."""
+    from looplm.data.jsonl import DataFormatError
+    from looplm.data.rowsets import read_sft_rows
 
-    rows = read_jsonl(path, required=("prompt", "response"))
-    if not rows:
-        raise DataFormatError(f"{path}: no rows")
     out = []
-    for line, row in enumerate(rows, start=1):  # read_jsonl refuses blank lines inside the file
-        domain = row.get("domain", "all")
-        if domain == REPLAY_DOMAIN:
-            p, r = tok.encode(row["prompt"]), tok.encode(row["response"]) + [tok.eos_id]
+    for row in read_sft_rows(str(path)):
+        if row.domain == REPLAY_DOMAIN:
+            p, r = tok.encode(row.messages[0]["content"]), tok.encode(row.messages[1]["content"]) + [tok.eos_id]
             ids, mask = p + r, [0] * len(p) + [1] * len(r)
         else:
-            ids, mask = tok.encode_chat(row["prompt"], row["response"])
+            ids, mask = tok.encode_messages(row.messages)
         if len(ids) > seq_len + 1:
-            raise DataFormatError(f"{path}:{line}: {len(ids)} tokens exceed --seq-len {seq_len} + 1; raise --seq-len "
+            raise DataFormatError(f"{row.where}: {len(ids)} tokens exceed --seq-len {seq_len} + 1; raise --seq-len "
                                   f"(up to the model's max_seq_len) or shorten the row")
-        out.append(Example(ids, mask, str(domain)))
+        out.append(Example(ids, mask, row.domain))
     return out
 
 
@@ -197,7 +197,7 @@ def train(cfg: SFTConfig) -> dict[str, Any]:
 
 def load_start(cfg: SFTConfig) -> tuple[Any, Any, Any, str]:
     from looplm.checkpoint import load_checkpoint, load_train_state
-    from looplm.data.shards import file_sha256
+    from looplm.data.rowsets import source_fingerprint
     from looplm.train import rundir as R
 
     out = Path(cfg.out)
@@ -209,7 +209,7 @@ def load_start(cfg: SFTConfig) -> tuple[Any, Any, Any, str]:
             raise R.ResumeError(f"--resume: {ckpt} was trained with a different config ({'; '.join(diffs)}); "
                                 f"resume with the same options or start a new --out")
         model, tok, meta = load_checkpoint(ckpt)
-        R.check_same_data(meta, file_sha256(Path(cfg.data)), ckpt)
+        R.check_same_data(meta, source_fingerprint(cfg.data), ckpt)
         return model, tok, state, str(ckpt)
     R.check_fresh_out(out)
     ckpt = R.resolve_init(cfg.init)
@@ -225,7 +225,7 @@ def _train(cfg: SFTConfig, d: Any) -> dict[str, Any]:
 
     from looplm.checkpoint import restore_rng_state
     from looplm.config import ConfigError
-    from looplm.data.shards import file_sha256
+    from looplm.data.rowsets import source_fingerprint
     from looplm.train import common as C
     from looplm.train import rundir as R
     from looplm.train.logger import MetricsLogger, evals_to_json, truncate_metrics
@@ -248,7 +248,7 @@ def _train(cfg: SFTConfig, d: Any) -> dict[str, Any]:
     mean_steps = cfg.mean_steps or float(mcfg.recurrence)
     fixed = min(cfg.fixed_depth or mcfg.recurrence, mcfg.max_steps)
     meta = {"stage": "sft", "tokenizer_sha256": tok.sha256(), "data": str(cfg.data),
-            "data_fingerprint": file_sha256(Path(cfg.data)), "origin": origin}
+            "data_fingerprint": source_fingerprint(cfg.data), "origin": origin}
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
         R.write_run_config(out, config_to_dict(cfg))

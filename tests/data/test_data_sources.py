@@ -77,3 +77,47 @@ def test_seeds_and_generated_splits():
     assert math[0].startswith("What is") and "####" in math[1] and not math[1].startswith("What is")
     wide = list(islice(generated_docs("clrs", 0, "train", clrs_nodes=(7,)), 3))
     assert all(d.count("], [") >= 6 for d in wide)
+
+
+def test_specs_for_directories_hub_names_and_bare_paths(tmp_path, monkeypatch):
+    d = tmp_path / "corpus"
+    (d / "data").mkdir(parents=True)
+    (d / "data" / "train-00000-of-00001.jsonl").write_text(json.dumps({"text": "A document."}) + "\n")
+    src = parse_source("text", str(d))  # a bare existing path is a local source
+    assert src.kind == "local" and src.spec == f"local:{d}" and src.path == d
+    assert list(local_docs(d)) == ["A document."]
+    assert parse_source("text", "hub:someone/corpus@train").spec == "hub:someone/corpus@train"
+    with pytest.raises(DataSourceError, match="expected hub:NAME"):
+        parse_source("text", "hub:a:b:c")
+    with pytest.raises(DataSourceError, match="expected hub, generated or local:PATH"):
+        parse_source("text", str(tmp_path / "not-there"))
+
+
+def test_hub_spec_documents(monkeypatch):
+    import datasets
+
+    from looplm.data.sources import describe, finite_docs
+
+    calls = []
+    rows = {"someone/docs": [{"text": "Doc one\nline two"}, {"text": "Doc two"}],
+            "Salesforce/wikitext": [{"text": " = T = \n"}, {"text": " Body .\n"}, {"text": ""}, {"text": " More .\n"}]}
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *c, split: calls.append((name, c, split)) or rows[name])
+    src = parse_source("text", "hub:someone/docs@validation")
+    assert list(finite_docs(src)) == ["Doc one\nline two", "Doc two"]  # a row of another dataset is a document
+    assert describe(src, (4,)) == {"spec": "hub:someone/docs@validation", "kind": "hub", "dataset": "someone/docs",
+                                   "config": None, "split": "validation"}
+    assert list(finite_docs(parse_source("text", "hub"))) == [" = T = \n Body .", " More ."]  # WikiText lines
+    assert calls == [("someone/docs", (), "validation"), ("Salesforce/wikitext", ("wikitext-103-raw-v1",), "train")]
+
+
+def test_parquet_and_saved_sources_read_like_jsonl(tmp_path):
+    import datasets
+
+    rows = [{"question": "dfs:\nA\n", "answer": "[0]\n\n"}, {"question": "Q?", "answer": "A"}]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "c.parquet"))
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    want = ["dfs:\nA\n[0]\n\n", "Q?\nA"]
+    assert list(local_docs(tmp_path / "c.parquet")) == want and list(local_docs(tmp_path / "saved")) == want
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataFormatError, match=r"broken\.parquet: cannot read parquet"):
+        list(local_docs(tmp_path / "broken.parquet"))

@@ -31,7 +31,7 @@ def make(mode="anchored", seed=0, **kw):
     return m.eval()
 
 
-# ---------------------------------------------------------------- naive reference, straight from MODEL.md
+# ---------------------------------------------------------------- naive reference, straight from docs/model.md
 def naive_rope(x, pos, theta):
     # x [T, dim] at integer positions pos [T]; pair k = (x[2k], x[2k+1]) rotated by pos * theta^(-2k/dim)
     dim = x.shape[-1]

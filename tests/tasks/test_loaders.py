@@ -1,4 +1,5 @@
 """Tests for the loaded tasks (gsm8k, alpaca, text, orca_math): local files from ../shared/data,
+every source layout (parquet, hub-layout and save_to_disk directories, hub specs), TRL rows,
 malformed-input errors naming file:line, and the hub path through a monkeypatched
 `datasets.load_dataset`."""
 
@@ -78,7 +79,7 @@ def test_gsm8k_hub(monkeypatch):
         gsm8k.load("hub")
     assert "openai/gsm8k" in str(e.value) and "--source local:PATH" in str(e.value)
     _hub_returns(monkeypatch, [{"question": "q1"}])
-    with pytest.raises(DataSourceError, match=r"openai/gsm8k\[test\]: row 0: missing field"):
+    with pytest.raises(DataSourceError, match=r"hub:openai/gsm8k:main@test row 0: missing field"):
         gsm8k.load("hub")
 
 
@@ -100,7 +101,7 @@ def test_alpaca_template_and_errors(tmp_path):
     p = tmp_path / "a.jsonl"
     p.write_text(json.dumps({"instruction": "i", "output": "o"}) + "\n" +
                  json.dumps({"instruction": "i", "input": 3, "output": "o"}) + "\n")
-    with pytest.raises(DataSourceError, match=r"a\.jsonl: row 1: field 'input' must be a string"):
+    with pytest.raises(DataSourceError, match=r"a\.jsonl:2: field 'input' must be a string"):
         alpaca.load(str(p))
     p.write_text(json.dumps({"instruction": "i"}) + "\n")
     with pytest.raises(DataSourceError, match=r"a\.jsonl:1: missing field"):
@@ -203,3 +204,88 @@ def test_orca_hub(monkeypatch):
     _hub_fails(monkeypatch)
     with pytest.raises(DataSourceError, match="microsoft/orca-math-word-problems-200k.*local:PATH"):
         orca_math.load("hub")
+
+
+# ----------------------------------------------------------------------------- any source, TRL rows
+
+GSM_ROWS = [{"question": f"Ann has {i} pens and buys {i + 2}. How many?",
+             "answer": f"{i} + {i + 2} = <<{i}+{i + 2}={2 * i + 2}>>{2 * i + 2}\n#### {2 * i + 2}"} for i in range(6)]
+
+
+def _jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _golds(exs):
+    return [(e.prompt, e.gold, e.answer) for e in exs]
+
+
+def test_gsm8k_parquet_and_directories_equal_jsonl(tmp_path):
+    """The issue's bug: a GSM8K .parquet failed with a bare 'utf-8' codec error. Every layout of the
+    same rows now gives the same examples as the JSONL file."""
+    ref = _golds(gsm8k.load(str(_jsonl(tmp_path / "ref.jsonl", GSM_ROWS))))
+    pq = tmp_path / "train.parquet"
+    datasets.Dataset.from_list(GSM_ROWS).to_parquet(str(pq))
+    assert _golds(gsm8k.load(str(pq), split="train")) == ref
+    clone = tmp_path / "clone"  # the hub's openai/gsm8k layout: main/{split}-0000x-of-0000n.parquet
+    (clone / "main").mkdir(parents=True)
+    datasets.Dataset.from_list(GSM_ROWS[:4]).to_parquet(str(clone / "main" / "train-00000-of-00002.parquet"))
+    datasets.Dataset.from_list(GSM_ROWS[4:]).to_parquet(str(clone / "main" / "train-00001-of-00002.parquet"))
+    datasets.Dataset.from_list(GSM_ROWS[:1]).to_parquet(str(clone / "main" / "test-00000-of-00001.parquet"))
+    (clone / "socratic").mkdir()
+    datasets.Dataset.from_list(GSM_ROWS[:1]).to_parquet(str(clone / "socratic" / "train-00000-of-00001.parquet"))
+    assert _golds(gsm8k.load(str(clone), split="train")) == ref  # the config 'main' is entered
+    assert _golds(gsm8k.load(f"local:{clone}")) == ref[:1]  # default split: test
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(GSM_ROWS),
+                          "test": datasets.Dataset.from_list(GSM_ROWS[:2])}).save_to_disk(str(tmp_path / "saved"))
+    assert _golds(gsm8k.load(str(tmp_path / "saved"), split="train")) == ref
+    assert _golds(gsm8k.load(str(tmp_path / "saved"))) == ref[:2]
+
+
+def test_gsm8k_bad_files_name_the_file(tmp_path):
+    bad = tmp_path / "train.parquet"
+    bad.write_bytes(b"\x00\xff" * 64)
+    with pytest.raises(DataSourceError, match=r"train\.parquet: cannot read parquet"):
+        gsm8k.load(str(bad), split="train")
+    misnamed = tmp_path / "test.jsonl"
+    datasets.Dataset.from_list(GSM_ROWS).to_parquet(str(misnamed))  # parquet bytes under a .jsonl name
+    with pytest.raises(DataSourceError, match=r"test\.jsonl:1: not UTF-8 text"):
+        gsm8k.load(str(misnamed))
+
+
+def test_gsm8k_hub_spec_with_config_and_split(monkeypatch):
+    calls = []
+    _hub_returns(monkeypatch, GSM_ROWS[:2], calls)
+    assert len(gsm8k.load("hub:my-org/gsm8k-copy:socratic@train")) == 2  # spec split wins over 'test'
+    assert calls == [(("my-org/gsm8k-copy", "socratic"), {"split": "train"})]
+
+
+def test_trl_rows_in_single_turn_loaders(tmp_path):
+    q, a = GSM_ROWS[0]["question"], GSM_ROWS[0]["answer"]
+    conv = {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+    pc_str = {"prompt": q, "completion": a}
+    pc_msgs = {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
+    ref = _golds(gsm8k.load(str(_jsonl(tmp_path / "native.jsonl", GSM_ROWS[:1]))))
+    for i, row in enumerate((conv, pc_str, pc_msgs)):
+        assert _golds(gsm8k.load(str(_jsonl(tmp_path / f"trl{i}.jsonl", [row])))) == ref
+    ex = alpaca.load(str(_jsonl(tmp_path / "chat.jsonl", [pc_str])))
+    assert ex[0].prompt == q and ex[0].gold == a
+    sys_row = {"messages": [{"role": "system", "content": "Be brief."}] + conv["messages"]}
+    with pytest.raises(DataSourceError, match=r"sys\.jsonl:1: task 'gsm8k' reads one user prompt.*'system'"):
+        gsm8k.load(str(_jsonl(tmp_path / "sys.jsonl", [sys_row])))
+    tool = {"messages": [{"role": "user", "content": q}, {"role": "tool", "content": a}]}
+    with pytest.raises(DataSourceError, match=r"tool\.jsonl:1: messages\[1\]: role 'tool' is not supported"):
+        orca_math.load(str(_jsonl(tmp_path / "tool.jsonl", [tool])))
+
+
+def test_text_document_rows(tmp_path, monkeypatch):
+    docs = [{"text": "First document.\nIts second line."}, {"text": "  "}, {"text": "Second document."}]
+    path = _jsonl(tmp_path / "docs.jsonl", docs)
+    assert text.load_texts(str(path)) == ["First document.\nIts second line.", "Second document."]
+    assert text.load_texts(str(path), unit="line") == ["First document.", "Its second line.", "Second document."]
+    _hub_returns(monkeypatch, docs)
+    assert text.load_texts("hub:someone/corpus@train") == text.load_texts(str(path))  # documents, not lines
+    with pytest.raises(DataSourceError, match=r"bad\.jsonl:1: missing string field 'text'"):
+        text.load_texts(str(_jsonl(tmp_path / "bad.jsonl", [{"body": "x"}])))

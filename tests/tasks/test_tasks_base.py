@@ -64,13 +64,13 @@ def test_read_jsonl_errors_name_file_and_line(tmp_path):
     with pytest.raises(DataSourceError, match=r"x\.jsonl:3: invalid JSON"):
         read_jsonl(p, ("question", "answer"))
     p.write_text(good + "\n" + json.dumps({"question": "q"}) + "\n")
-    with pytest.raises(DataSourceError, match=r"x\.jsonl:2: missing field\(s\) \['answer'\]"):
+    with pytest.raises(DataSourceError, match=r"x\.jsonl:2: missing field\(s\) answer"):
         read_jsonl(p, ("question", "answer"))
     p.write_text(good + "\n\n" + good + "\n")
     with pytest.raises(DataSourceError, match=r"x\.jsonl:2: blank line"):
         read_jsonl(p, ("question",))
     p.write_text(good + "\n" + json.dumps({"question": 3, "answer": "a"}) + "\n")
-    with pytest.raises(DataSourceError, match=r"x\.jsonl:2: field\(s\) \['question'\] must be strings"):
+    with pytest.raises(DataSourceError, match=r"x\.jsonl:2: field\(s\) question must be strings"):
         read_jsonl(p, ("question", "answer"))
     p.write_text(good + "\n" + good + "\n\n")  # trailing blank lines carry nothing
     assert len(read_jsonl(p, ("question",))) == 2
@@ -113,12 +113,12 @@ def test_load_hub_passes_arguments(monkeypatch):
 
 
 def test_parse_source():
-    assert base.parse_source("hub") == ("hub", None)
-    assert base.parse_source("local:/x/y.jsonl")[1].as_posix() == "/x/y.jsonl"
-    assert base.parse_source("data/y.jsonl")[0] == "local"
-    for bad in ("", "local:", "  "):
+    assert base.parse_spec("hub", ("openai/gsm8k", "main")) == base.parse_spec("hub:openai/gsm8k:main")
+    assert base.parse_spec("local:/x/y.jsonl").path.as_posix() == "/x/y.jsonl"
+    assert base.parse_spec("data/y.jsonl").kind == "local"
+    for bad in ("", "local:", "  ", "hub:", "hub:a:b:c", "hub:a@"):
         with pytest.raises(DataSourceError):
-            base.parse_source(bad)
+            base.parse_spec(bad)
 
 
 def test_in_split_partitions_and_reserves_about_ten_percent():
