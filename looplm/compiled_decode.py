@@ -19,9 +19,9 @@ fused kernels, see the tests); for seeded sampling the same draws as eager as lo
 before the last one (eager decoding drops finished rows, which changes the draws of the others).
 Fixed depth only: no adaptive exit, no speculative decoding (their control flow is per token).
 
-Measured (`benchmarks/bench_compiled_decode.py`, `tiny`, 1 thread, no stop tokens, two runs):
-1.6-2.7x eager's tokens/s at batch 1, 1.65-1.87x at batch 8, 1.17-1.43x at batch 32, where the
-matmuls dominate either way.
+Measured by `benchmarks/bench_compiled_decode.py` (the latest figures: its record in
+`benchmarks/results/`, shown in `benchmarks/RESULTS.md`): faster than eager at every batch size, by
+the most at batch 1 and by the least at batch 32, where the matmuls dominate either way.
 
 Costs: it is opt-in (`generate(..., GenerationConfig(compile=True))`, `looplm grpo
 --compile-rollouts`). Each batch bucket compiles once per process and model instance, about 60-90 s
