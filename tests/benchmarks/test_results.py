@@ -270,7 +270,8 @@ def test_bench_reproduce_reads_the_figures_of_a_run(tmp_path):
                                       "audit": {"status": "failed", "seconds": 6.0}}})
     labels = ["pretrain", "sft", "grpo-outcome-noreplay", "train-spec"]
     put("eval/alignment_tax.json", {"labels": labels, "steps": [4] * 4,
-                                    "rows": {"dfs-verbal": [0.0, 0.1, 0.05, 0.125], "clrs-dfs": [0.08, 0.05, 0.0, 0.06]}})
+                                    "rows": {"dfs-verbal": [0.0, 0.1, 0.05, 0.125],
+                                             "clrs-dfs": [0.08, 0.05, 0.0, 0.06]}})
     put("grpo-process/metrics.jsonl", '{"step": 1, "eval/pass@1": 0.1}\n{"step": 2, "eval/pass@1": 0.25}\n')
     put("grpo-outcome-cmp/metrics.jsonl", '{"step": 2, "eval/pass@1": 0.125}\n')
     put("calibrate-halt/calibration.json", {"chosen": {"core_flops_saved": 0.75, "agreement": 0.994},
@@ -287,3 +288,27 @@ def test_bench_reproduce_reads_the_figures_of_a_run(tmp_path):
     assert f["speculative output == greedy output"]["met"] is True
     assert "phase not done: audit (failed)" in notes and not any("audit verdicts" in n for n in f)
     M.validate_record(_record(figures=figs), "run")
+
+
+def test_adaexit_and_speculative_figures_from_their_result_dicts():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # these scripts import their helpers as top-level modules
+    from benchmarks import bench_adaexit, bench_speculative
+
+    res = {"chosen": {"core_flops_saved": 0.625, "agreement": 0.9922, "tau": 0.3, "min_steps": 3},
+           "generation": {"exact_match_frac": 0.66},
+           "speed": {"repeats": 3, "batch_1": {"speedup": 1.557}, "batch_8": {"speedup": 1.2}}}
+    dec = [{"tau": 0.3, "exact_match_frac": 0.66}, {"tau": 0.999, "exact_match_frac": 0.9}]
+    f = {x["name"]: x for x in bench_adaexit.figures(res, dec)}
+    saved = f["core FLOPs saved at decode positions"]
+    assert saved["value"] == 62.5 and saved["met"] is True
+    assert f["greedy agreement with full depth (per token)"]["value"] == 99.2
+    assert f["tokens/s speedup over full depth, batch 1"]["value"] == 1.56
+    assert f["tokens/s speedup over full depth, batch 8"]["met"] is None
+    assert "identical outputs at tau = 0.999" in f and "identical outputs at tau = 0.3" not in f
+    d = {"speedup": 2.43, "identical": True, "speculative": {"mean_tokens_per_verify": 3.48},
+         "adaptive": {"identical_adaptive_speculative_vs_adaptive": True, "speedup_adaptive_speculative": 6.09,
+                      "speedup_adaptive": 2.09}}
+    g = {x["name"]: x for x in bench_speculative.figures({"decoding": d})}
+    assert g["speculative vs greedy tokens/s, batch 1"]["met"] is False  # 2.43 < 2.5
+    assert g["speculative output == greedy output"]["met"] is True
+    assert g["adaptive + speculative vs greedy tokens/s, batch 1"]["value"] == 6.09
