@@ -161,3 +161,13 @@ def test_model_args_are_checked(setup, tmp_path, small_tokenizer):
     plain = make_checkpoint(tmp_path / "plain", small_tokenizer, tiny_config(), meta={})
     with pytest.raises(ValueError, match="no calibrated halt threshold"):
         LoopLMEval(ckpt=str(plain), adaptive=True)
+
+
+def test_chat_template_renders_looplms_chat_prompt(setup):
+    from looplm.hf.lm_eval_adapter import LoopLMEval
+
+    ck, _ = setup
+    lm = LoopLMEval(ckpt=str(ck))
+    text = lm.apply_chat_template([{"role": "user", "content": "What is 12 + 30?"}])
+    assert text == lm.tok.chat_prompt("What is 12 + 30?")
+    assert lm.chat_template(True) and lm.chat_template(False) is None
