@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without install
 
 from benchmarks.common import figure, write_record  # noqa: E402
+from benchmarks.make_results import fmt_met, fmt_target, fmt_value  # noqa: E402
 
 TARGET_MINUTES = {"tiny": 30.0}
 TARGET_DFS, TARGET_RETAINED = 95.0, 80.0
@@ -142,7 +143,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"`{command}` failed with exit code {rc}")
     figs, notes = figures_from_run(out, args.preset)
     for f in figs:
-        print(f"{f['name']}: {f['value']}{f['unit']}" + (f" (target {f['target']}: {f['met']})" if f["target"] else ""))
+        print(f"{f['name']}: {fmt_value(f['value'], f['unit'])}"
+              + (f" (target {fmt_target(f['target'], f['unit'])}: {fmt_met(f['met'])})" if f["target"] else ""))
     if not args.no_save:
         write_record(f"bench_reproduce-{args.preset}", figs, script=__file__, command=command, notes=notes,
                      title=f"`looplm reproduce --preset {args.preset}`: wall time and the report card's headline "
