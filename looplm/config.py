@@ -26,6 +26,7 @@ class ConfigError(ValueError):
 
 
 CORE_KV_MODES = ("anchored", "per_step")
+CORE_ATTN_MODES = ("cart_mla", "gqa")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ class ModelConfig:
     core_kv: str = "anchored"
     """'anchored': core K/V latents from the prelude output, once per token (cache independent of steps).
     'per_step': latents from each step's core input, cached per step (Huginn-style ablation)."""
+    core_attn: str = "cart_mla"
+    """Attention of the core blocks: 'cart_mla' (multi-query attention over a kv_latent_dim latent plus a
+    shared rope_dim RoPE key, `looplm.model.mla`) or 'gqa' (grouped-query attention with n_kv_heads full
+    keys/values of head_dim, the whole head rotated, `looplm.model.core_gqa`). Either reads its keys
+    through `core_kv`."""
     mod_rank: int = 4
     """Ouroboros modulation rank r on every core linear (0 disables modulation)."""
     step_emb_dim: int = 64
@@ -117,6 +123,7 @@ class ModelConfig:
         need("head_dim", self.head_dim % 2 == 0, "must be even (RoPE rotates pairs)")
         need("rope_dim", self.rope_dim % 2 == 0, "must be even (RoPE rotates pairs)")
         need("core_kv", self.core_kv in CORE_KV_MODES, f"allowed: {', '.join(CORE_KV_MODES)}")
+        need("core_attn", self.core_attn in CORE_ATTN_MODES, f"allowed: {', '.join(CORE_ATTN_MODES)}")
         need("recurrence", self.recurrence <= self.max_steps, f"must be <= max_steps={self.max_steps}")
         need("mod_rank", self.mod_rank <= min(self.d_model, self.kv_latent_dim, self.core_mlp_hidden),
              "must be <= min(d_model, kv_latent_dim, core_mlp_hidden)")
@@ -129,6 +136,19 @@ class ModelConfig:
             need(name, isinstance(v, (int, float)) and abs(v) < 1e6, "must be a finite number")
         need("state_init_std", isinstance(self.state_init_std, (int, float)) and 0 <= self.state_init_std < 10,
              "must be a number in [0, 10)")
+
+    # ------------------------------------------------------------------ derived widths
+    @property
+    def core_cache_width(self) -> int:
+        """Numbers one token caches per core block (and per step with per-step keys)."""
+        if self.core_attn == "gqa":
+            return 2 * self.n_kv_heads * self.head_dim
+        return self.kv_latent_dim + self.rope_dim
+
+    @property
+    def core_rope_dim(self) -> int:
+        """Rotated width of a core key: the shared RoPE key (cart_mla) or the whole head (gqa)."""
+        return self.head_dim if self.core_attn == "gqa" else self.rope_dim
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -5,7 +5,8 @@ One `ModelCache` holds preallocated buffers for a batch and a maximum length, a 
 (non-pad) key positions. Rolling back (speculative decoding) is `truncate(n)`: buffers past `n` are
 simply overwritten later.
 
-Core layouts (per core block, E = kv_latent_dim + rope_dim):
+Core layouts (per core block, E = `ModelConfig.core_cache_width`: kv_latent_dim + rope_dim for CART-MLA,
+2 · n_kv_heads · head_dim for the core GQA):
 - anchored: `[B, L, E]`, computed once per token from the prelude output; independent of steps.
 - per_step: `[B, S, L, E]`, one latent per step; a token that exited early lends its last computed
   latent to every later step (filled in by `fill_lent`).
@@ -47,7 +48,7 @@ class ModelCache:
             shape = (batch, config.n_kv_heads, max_len, config.head_dim)
             return torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
 
-        E = config.kv_latent_dim + config.rope_dim
+        E = config.core_cache_width
         core_shape = (batch, max_len, E) if config.core_kv == "anchored" else (batch, n_steps, max_len, E)
         return cls(
             config=config, batch=batch, max_len=max_len, n_steps=n_steps,
@@ -82,7 +83,7 @@ class ModelCache:
 def kv_bytes_per_token(config: ModelConfig, steps: int, bytes_per_elem: int = 4) -> dict[str, int]:
     """Cache bytes one token occupies: prelude and coda GQA keys/values, and the core latents."""
     gqa = 2 * config.n_kv_heads * config.head_dim * bytes_per_elem
-    E = (config.kv_latent_dim + config.rope_dim) * bytes_per_elem
+    E = config.core_cache_width * bytes_per_elem
     core = config.n_core * E * (1 if config.core_kv == "anchored" else steps)
     out = {"prelude": config.n_prelude * gqa, "core": core, "coda": config.n_coda * gqa}
     out["total"] = sum(out.values())

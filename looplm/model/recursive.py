@@ -4,7 +4,7 @@
     s_0 = 0  (or σ·N(0, I) when training with init noise)
     for t in 0..n-1:
         z   = W_adapt [s_t ; e] + step_emb(t)
-        y   = core_B(core_A(z))                      # CART-MLA + SwiGLU, Ouroboros-modulated
+        y   = core_B(core_A(z))                      # CART-MLA or GQA, + SwiGLU; Ouroboros-modulated
         α_t = sigmoid(scale · (b + W_g step_emb(t)))  # depth gate, per channel
         s_{t+1} = s_t + α_t ⊙ (y − s_t)
         λ_t = sigmoid(halt(rms(stopgrad(s_{t+1}))))   # AdaExit
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from looplm.config import ModelConfig
 from looplm.model.cache import ModelCache, kv_bytes_per_token
 from looplm.model.layers import Block, RMSNorm, Rotary, project, rms, sinusoidal, transposed_weights
+from looplm.model.core_gqa import CoreGQA
 from looplm.model.mla import LATENT_SOURCES, CartMLA
 from looplm.model.modulation import ModulatedLinear, NormedInputModulatedLinear, StepModulatedLinear
 
@@ -74,11 +75,14 @@ class ModulatedSwiGLU(nn.Module):
         return [self.gate_up, self.down]
 
 
+CORE_ATTENTIONS = {"cart_mla": CartMLA, "gqa": CoreGQA}  # ModelConfig.core_attn -> the core's attention
+
+
 class CoreBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.attn = CartMLA(cfg)
+        self.attn = CORE_ATTENTIONS[cfg.core_attn](cfg)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = ModulatedSwiGLU(cfg)
 
@@ -171,7 +175,7 @@ class RecursiveCausalLM(nn.Module):
         self.speculative_biases = nn.ParameterList(nn.Parameter(torch.zeros(cfg.d_model))
                                                    for _ in range(cfg.n_spec_heads))
         self.rope = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
-        self.rope_core = Rotary(cfg.rope_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.rope_core = Rotary(cfg.core_rope_dim, cfg.max_seq_len, cfg.rope_theta)
         self.reset_parameters()
 
     # ------------------------------------------------------------------ init
@@ -403,7 +407,7 @@ class RecursiveCausalLM(nn.Module):
 def _is_per_step(name: str, core_kv: str) -> bool:
     if not name.startswith("core."):
         return False
-    once = (".attn.kv_norm.", ".attn.w_dkv.", ".attn.w_kr.")
+    once = (".attn.kv_norm.", ".attn.w_dkv.", ".attn.w_kr.", ".attn.w_kv.")
     return not (core_kv == "anchored" and any(o in name for o in once))
 
 
@@ -430,10 +434,13 @@ def flops_per_token(cfg: ModelConfig, steps: int, seq_len: int | None = None, tr
         return i * o + (i * r + o * r + i * r if r else 0)
 
     lat, dr = cfg.kv_latent_dim, cfg.rope_dim
-    kv_proj = d * (lat + dr)
-    block = (mod(d, H * (hd + dr)) + H * hd * lat * 2 + mod(H * hd, d)
-             + mod(d, 2 * cfg.core_mlp_hidden) + mod(cfg.core_mlp_hidden, d)
-             + H * (lat + dr) * ctx + H * lat * ctx)
+    kv_proj = d * cfg.core_cache_width
+    mlp = mod(d, 2 * cfg.core_mlp_hidden) + mod(cfg.core_mlp_hidden, d)
+    if cfg.core_attn == "gqa":
+        block = mod(d, H * hd) + mod(H * hd, d) + mlp + 2 * H * hd * ctx
+    else:
+        block = (mod(d, H * (hd + dr)) + H * hd * lat * 2 + mod(H * hd, d) + mlp
+                 + H * (lat + dr) * ctx + H * lat * ctx)
     per_step = cfg.n_core * block + d * d  # + the s-half of the adapter (the e-half runs once)
     per_step += cfg.n_core * kv_proj if cfg.core_kv == "per_step" else 0
     once = d * d + (cfg.n_core * kv_proj if cfg.core_kv == "anchored" else 0)

@@ -14,11 +14,12 @@ from looplm.model.layers import sinusoidal
 from looplm.model.modulation import NormedInputModulatedLinear
 
 MODES = ["anchored", "per_step"]
+ATTNS = ["cart_mla", "gqa"]
 
 
-def make(mode="anchored", seed=0, **kw):
+def make(mode="anchored", seed=0, core_attn="cart_mla", **kw):
     torch.manual_seed(seed)
-    cfg = get_preset("tiny", core_kv=mode, vocab_size=256, max_seq_len=64, **kw)
+    cfg = get_preset("tiny", core_kv=mode, core_attn=core_attn, vocab_size=256, max_seq_len=64, **kw)
     m = RecursiveCausalLM(cfg).double()
     # move modulation and gates off their zero init so the test exercises every term
     with torch.no_grad():
@@ -83,8 +84,31 @@ def naive_gqa(blk, x, cfg, pos):
     return x + (F.silu(h @ wg.T) * (h @ wu.T)) @ blk.mlp.down.weight.T
 
 
+def naive_core_gqa_block(blk, z, kv_src, se, cfg, pos):
+    """Core GQA: keys/values from norm(kv_src) per KV head, the whole head rotated; modulated q and o."""
+    T, H, Hkv, hd = z.shape[0], cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    a = blk.attn
+    hkv = rmsn(kv_src, a.kv_norm.weight, cfg.norm_eps)
+    wk, wv = a.w_kv.weight.chunk(2)
+    k, v = (hkv @ wk.T).view(T, Hkv, hd), (hkv @ wv.T).view(T, Hkv, hd)
+    h = rmsn(z, blk.attn_norm.weight, cfg.norm_eps)
+    q = naive_lin(a.w_q, h, se).view(T, H, hd)
+    heads = []
+    for hh in range(H):
+        kh = naive_rope(k[:, hh // (H // Hkv)], pos, cfg.rope_theta)
+        sc = naive_rope(q[:, hh], pos, cfg.rope_theta) @ kh.T / math.sqrt(hd)
+        sc = sc.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+        heads.append(sc.softmax(-1) @ v[:, hh // (H // Hkv)])
+    z = z + naive_lin(a.w_o, torch.cat(heads, -1), se)
+    h = rmsn(z, blk.mlp_norm.weight, cfg.norm_eps)
+    gate, up = naive_lin(blk.mlp.gate_up, h, se).chunk(2, dim=-1)
+    return z + naive_lin(blk.mlp.down, F.silu(gate) * up, se)
+
+
 def naive_core_block(blk, z, kv_src, se, cfg, pos):
     """Non-absorbed CART-MLA: explicit per-head keys k = [W_UK(t) c ; k^R] and values W_UV(t) c."""
+    if cfg.core_attn == "gqa":
+        return naive_core_gqa_block(blk, z, kv_src, se, cfg, pos)
     T, H, dn, dr = z.shape[0], cfg.n_heads, cfg.head_dim, cfg.rope_dim
     a = blk.attn
     hkv = rmsn(kv_src, a.kv_norm.weight, cfg.norm_eps)
@@ -135,8 +159,9 @@ def naive_forward(m, ids, n):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("n", [1, 3])
-def test_forward_equals_naive_unroll(mode, n):
-    m = make(mode)
+@pytest.mark.parametrize("attn", ATTNS)
+def test_forward_equals_naive_unroll(mode, n, attn):
+    m = make(mode, core_attn=attn)
     ids = torch.randint(0, 256, (1, 9))
     with torch.no_grad():
         got = m(ids, n).logits[0]
@@ -145,8 +170,9 @@ def test_forward_equals_naive_unroll(mode, n):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_causality(mode):
-    m = make(mode)
+@pytest.mark.parametrize("attn", ATTNS)
+def test_causality(mode, attn):
+    m = make(mode, core_attn=attn)
     ids = torch.randint(0, 256, (2, 12))
     j = 7
     ids2 = ids.clone()
@@ -160,8 +186,9 @@ def test_causality(mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_chunked_cache_equals_full_forward(mode):
-    m = make(mode)
+@pytest.mark.parametrize("attn", ATTNS)
+def test_chunked_cache_equals_full_forward(mode, attn):
+    m = make(mode, core_attn=attn)
     ids = torch.randint(0, 256, (2, 15))
     with torch.no_grad():
         full = m(ids, 3).logits
@@ -201,8 +228,9 @@ def _mixed_halt(m):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_adaptive_exit_freezes_state(mode):
-    m = make(mode)
+@pytest.mark.parametrize("attn", ATTNS)
+def test_adaptive_exit_freezes_state(mode, attn):
+    m = make(mode, core_attn=attn)
     _mixed_halt(m)
     ids = torch.randint(0, 256, (2, 16))
     with torch.no_grad():
@@ -216,8 +244,9 @@ def test_adaptive_exit_freezes_state(mode):
             torch.testing.assert_close(out.states[k][b, t], final[b, t], rtol=0, atol=0)
 
 
-def test_anchored_adaptive_batch_equals_each_alone():
-    m = make("anchored")
+@pytest.mark.parametrize("attn", ATTNS)
+def test_anchored_adaptive_batch_equals_each_alone(attn):
+    m = make("anchored", core_attn=attn)
     _mixed_halt(m)
     ids = torch.randint(0, 256, (4, 11))
     with torch.no_grad():
@@ -229,8 +258,9 @@ def test_anchored_adaptive_batch_equals_each_alone():
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_adaptive_cached_equals_uncached(mode):
-    m = make(mode)
+@pytest.mark.parametrize("attn", ATTNS)
+def test_adaptive_cached_equals_uncached(mode, attn):
+    m = make(mode, core_attn=attn)
     _mixed_halt(m)
     ids = torch.randint(0, 256, (2, 12))
     with torch.no_grad():
@@ -298,6 +328,26 @@ def test_report_200m_parameter_counts_match_report():
     c = m.param_counts(8)
     assert abs(c["physical"] / 124.13e6 - 1) < 0.01, c
     assert abs(c["virtual"] / 176.29e6 - 1) < 0.01, c
+
+
+@pytest.mark.parametrize("attn", ATTNS)
+def test_cache_width_and_flops_follow_the_core_attention(attn):
+    cfg = get_preset("tiny", core_attn=attn, core_kv="per_step")
+    H, hd, lat, dr = cfg.n_heads, cfg.head_dim, cfg.kv_latent_dim, cfg.rope_dim
+    width = 2 * cfg.n_kv_heads * hd if attn == "gqa" else lat + dr
+    assert cfg.core_cache_width == width
+    assert kv_bytes_per_token(cfg, 3)["core"] == cfg.n_core * 3 * width * 4
+    m = RecursiveCausalLM(cfg)
+    assert m.new_cache(1, 16, 3).core[0].shape == (1, 3, 16, width)
+    # one more step costs 2 FLOPs per multiply-add of the core: every weight matrix used per token (the
+    # low-rank U, V of CART-MLA's step-only up-projections are folded into W_eff once per call), the
+    # adapter's s-half, and attention over the mean causal context
+    skip = ("g_step.weight", "w_uk.U", "w_uk.V", "w_uv.U", "w_uv.V")
+    madds = sum(p.numel() for n, p in m.core.blocks.named_parameters() if p.dim() == 2 and not n.endswith(skip))
+    madds += cfg.d_model ** 2
+    ctx = (100 + 1) / 2
+    madds += 2 * H * hd * ctx if attn == "gqa" else H * (2 * lat + dr) * ctx
+    assert m.flops_per_token(5, 100) - m.flops_per_token(4, 100) == pytest.approx(2 * madds, rel=1e-6)
 
 
 def test_preset_sizes():
