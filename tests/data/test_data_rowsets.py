@@ -98,15 +98,12 @@ def test_rl_rows(tmp_path):
             read_rl_rows(str(_jsonl(tmp_path / "r.jsonl", [bad])))
 
 
-def test_grpo_reads_trl_prompts(tmp_path):
-    from looplm.train.grpo import load_prompt_sets
-    from looplm.train.grpo_config import GRPOConfig
-
+def test_rl_rows_from_a_trl_parquet(tmp_path):
+    """What `looplm grpo --prompts` reads (its loader calls `read_rl_rows`): TRL rows in a parquet file."""
     rows = [{"prompt": [_u(f"What is {i} + {i}?")], "completion": f"#### {2 * i}", "task": "gsm8k"} for i in range(4)]
     datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "p.parquet"))
-    cfg = GRPOConfig(init="x", out=str(tmp_path / "o"), prompts=str(tmp_path / "p.parquet"))
-    train, held = load_prompt_sets(cfg)
-    assert [r["answer"] for r in train] == ["0", "2", "4", "6"] and train[1]["prompt"] == "What is 1 + 1?" and not held
+    got = read_rl_rows(str(tmp_path / "p.parquet"))
+    assert [r["answer"] for r in got] == ["0", "2", "4", "6"] and got[1]["prompt"] == "What is 1 + 1?"
 
 
 def test_fingerprints(tmp_path, monkeypatch):
