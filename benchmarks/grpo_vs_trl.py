@@ -215,21 +215,23 @@ def no_stop_generate(real: Callable, log: list, expect: int) -> Callable:
 
 def run_looplm(work: Path, ckpt: Path, prompts: Path, args, baton: Baton, gen_log: list, total: int) -> None:
     import looplm.train.grpo as G
+    import looplm.train.grpo_rollouts as GR
+    from looplm.train.logger import MetricsLogger
 
     cfg = G.GRPOConfig(init=str(ckpt), out=str(work / "looplm_run"), prompts=str(prompts), eval_n=0, eval_every=0,
                        group_size=args.group_size, prompts_per_step=args.prompts_per_step,
                        max_new_tokens=args.max_new_tokens, lr=1e-6, beta=0.04, steps=total, iterations=1,
                        loss_type="grpo", scale="group", temperature=1.0, seed=args.seed, save_every=0,
                        threads=args.threads, log_every=10**6, compile_rollouts=args.compile)
-    real_log, real_gen = G._log, G.generate
+    real_log, real_gen = MetricsLogger.train, GR.generate  # the loop logs each step's record once
 
-    def log_and_yield(out, rec):
-        real_log(out, rec)
+    def log_and_yield(logger, rec):
+        real_log(logger, rec)
         baton.pass_to("looplm", "trl")
         if rec["step"] < total:
             baton.wait("looplm")
 
-    G._log, G.generate = log_and_yield, no_stop_generate(real_gen, gen_log, args.max_new_tokens)
+    MetricsLogger.train, GR.generate = log_and_yield, no_stop_generate(real_gen, gen_log, args.max_new_tokens)
     try:
         baton.wait("looplm")
         G.train(cfg)
@@ -237,7 +239,7 @@ def run_looplm(work: Path, ckpt: Path, prompts: Path, args, baton: Baton, gen_lo
         baton.fail(e)
         raise
     finally:
-        G._log, G.generate = real_log, real_gen
+        MetricsLogger.train, GR.generate = real_log, real_gen
 
 
 # ---------------------------------------------------------------------------------------------- TRL side
@@ -371,7 +373,7 @@ def phase_breakdown(looplm_model, llama, prompts: list[list[int]], steps: int, n
     import torch.nn.functional as F
 
     from looplm.generate import GenerationConfig, generate
-    from looplm.train.grpo import token_logprobs
+    from looplm.train.grpo_rollouts import token_logprobs
 
     ids = torch.cat([torch.tensor(prompts), torch.randint(0, 1000, (len(prompts), new))], dim=1)  # [N, P + new]
     p_ids = torch.tensor(prompts)
@@ -405,23 +407,26 @@ def phase_breakdown(looplm_model, llama, prompts: list[list[int]], steps: int, n
 def profile_looplm(work: Path, ckpt: Path, prompts: Path, args) -> str:
     """torch.profiler table (self CPU time) of looplm's second training step."""
     import looplm.train.grpo as G
+    import looplm.train.grpo_rollouts as GR
     from torch.profiler import ProfilerActivity, profile, schedule
+
+    from looplm.train.logger import MetricsLogger
 
     cfg = G.GRPOConfig(init=str(ckpt), out=str(work / "looplm_prof"), prompts=str(prompts), eval_n=0, eval_every=0,
                        group_size=args.group_size, prompts_per_step=args.prompts_per_step,
                        max_new_tokens=args.max_new_tokens, steps=2, seed=args.seed, save_every=0,
                        threads=args.threads, log_every=10**6)
-    real_log, real_gen = G._log, G.generate
-    G.generate = no_stop_generate(real_gen, [], args.max_new_tokens)
+    real_log, real_gen = MetricsLogger.train, GR.generate
+    GR.generate = no_stop_generate(real_gen, [], args.max_new_tokens)
     with profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=0, active=1)) as prof:
-        def log_and_step(out, rec):
-            real_log(out, rec)
+        def log_and_step(logger, rec):
+            real_log(logger, rec)
             prof.step()
-        G._log = log_and_step
+        MetricsLogger.train = log_and_step
         try:
             G.train(cfg)
         finally:
-            G._log, G.generate = real_log, real_gen
+            MetricsLogger.train, GR.generate = real_log, real_gen
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50)
 
 

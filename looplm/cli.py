@@ -35,7 +35,7 @@ COMMANDS: dict[str, str] = {
     "calibrate-halt": "looplm.calibrate.halt_cmd",
     "train-spec": "looplm.calibrate.spec_cmd",
     "audit": "looplm.audit.cli",
-    "grpo": "looplm.train.grpo_config",
+    "grpo": "looplm.train.grpo",
     "eval": "looplm.evaluate.cli",
     "export-hf": "looplm.commands.export_hf",
 }

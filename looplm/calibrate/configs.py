@@ -129,10 +129,10 @@ class SpecTrainConfig:
         check_field(c, "heldout_frac", self.heldout_frac, 0 < self.heldout_frac < 1, "in (0, 1)")
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    """--data and --n: where the calibration prompts come from."""
-    p.add_argument("--data", required=True, help="SFT JSONL (prompt, response), RL prompt JSONL (prompt, answer) "
-                                                 "or a generated task name (with --n)")
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """--data and --n: where the calibration prompts come from (`required=False` where --config may give it)."""
+    p.add_argument("--data", required=required, help="SFT JSONL (prompt, response), RL prompt JSONL (prompt, answer) "
+                                                     "or a generated task name (with --n)")
     p.add_argument("--n", type=int, help="examples to generate (task name) or to read (file prefix)")
 
 

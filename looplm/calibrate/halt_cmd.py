@@ -1,6 +1,8 @@
 """`looplm calibrate-halt`: options onto `HaltCalibConfig`, run `calibrate_halt`, print a summary.
 
-Kept free of torch at import time (the CLI lists every command without loading torch).
+`--config FILE` replays a calibration: the options of its `calibration.json` (its "config"), those
+given on the command line overriding them. Kept free of torch at import time (the CLI lists every
+command without loading torch).
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ import argparse
 from typing import Any
 
 from looplm.calibrate.configs import HaltCalibConfig, add_data_args, add_run_args
+from looplm.train.args import add_config_file_option, build_config, replay_values
+
+RENAMED = {"min_steps_grid": "min_steps", "progress": "no_progress"}  # config field -> option dest
 
 
 def _ints(s: str) -> tuple[int, ...]:
@@ -27,8 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "frozen), choose (min_steps, tau) on held-out prompts for a target greedy agreement with "
                     "full depth, measure the speedup, and write calibration.json + calibration.png (and, "
                     "with --out, a checkpoint whose meta holds halt_threshold / halt_min_steps / halt_steps).")
-    p.add_argument("--init", required=True, metavar="DIR", help="checkpoint to calibrate")
-    add_data_args(p)
+    add_config_file_option(p, required=("init", "data"))
+    p.add_argument("--init", metavar="DIR", help="checkpoint to calibrate (required, here or in --config FILE)")
+    add_data_args(p, required=False)
     p.add_argument("--out", metavar="DIR", help="write the calibrated checkpoint and the report here")
     p.add_argument("--report-dir", metavar="DIR", help="write only the report here (no checkpoint)")
     p.add_argument("--target-agreement", type=float, default=d.target_agreement, help="default: %(default)s")
@@ -56,13 +62,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def main(args: argparse.Namespace) -> int:
     from looplm.commands import print_json
 
-    cfg = HaltCalibConfig(
+    cfg = build_config(HaltCalibConfig, replay_values(HaltCalibConfig, dict(
         init=args.init, data=args.data, out=args.out, report_dir=args.report_dir, n=args.n, seed=args.seed,
         steps=args.steps, sequences=args.sequences, max_new_tokens=args.max_new_tokens,
         heldout_frac=args.heldout_frac, kl_delta=args.kl_delta, target_agreement=args.target_agreement,
         min_steps_grid=args.min_steps, taus=args.taus, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         bench_batches=args.bench_batches, bench_prompts=args.bench_prompts, bench_repeats=args.bench_repeats,
-        device=args.device, progress=not args.no_progress)
+        device=args.device, progress=not args.no_progress), args, dest_of=RENAMED))
     from looplm.calibrate.halt import calibrate_halt
 
     res = calibrate_halt(cfg)

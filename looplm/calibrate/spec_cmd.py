@@ -1,6 +1,8 @@
 """`looplm train-spec`: options onto `SpecTrainConfig`, run `train_spec`, print a summary.
 
-Kept free of torch at import time (the CLI lists every command without loading torch).
+`--config FILE` replays a run: the options of its `train_spec.json` (its "config"), those given on
+the command line overriding them. Kept free of torch at import time (the CLI lists every command
+without loading torch).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import argparse
 from typing import Any
 
 from looplm.calibrate.configs import SpecTrainConfig, add_data_args, add_run_args
+from looplm.train.args import add_config_file_option, build_config, replay_values
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -18,9 +21,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Train only speculative_projs / speculative_biases against the model's own greedy "
                     "continuations (or the data), report per-head loss and acceptance, and check that "
                     "speculative decoding reproduces plain greedy decoding token for token, with its speedup.")
-    p.add_argument("--init", required=True, metavar="DIR", help="checkpoint to start from (left unchanged)")
-    p.add_argument("--out", required=True, metavar="DIR", help="new checkpoint + train_spec.json")
-    add_data_args(p)
+    add_config_file_option(p, required=("init", "out", "data"))
+    p.add_argument("--init", metavar="DIR", help="checkpoint to start from, left unchanged (required, here or in "
+                                                 "--config FILE)")
+    p.add_argument("--out", metavar="DIR", help="new checkpoint + train_spec.json (required, here or in --config FILE)")
+    add_data_args(p, required=False)
     p.add_argument("--target", choices=("greedy", "data"), default=d.target,
                    help="distil on the model's own greedy continuations (default) or on the data's responses")
     p.add_argument("--epochs", type=int, default=d.epochs, help="default: %(default)s")
@@ -45,12 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def main(args: argparse.Namespace) -> int:
     from looplm.commands import print_json
 
-    cfg = SpecTrainConfig(
+    cfg = build_config(SpecTrainConfig, replay_values(SpecTrainConfig, dict(
         init=args.init, out=args.out, data=args.data, n=args.n, seed=args.seed, target=args.target,
         epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, train_batch=args.train_batch,
         steps=args.steps, max_new_tokens=args.max_new_tokens, heldout_frac=args.heldout_frac,
         batch_size=args.batch_size, eval_prompts=args.eval_prompts, bench_repeats=args.bench_repeats,
-        halt=args.halt, device=args.device, progress=not args.no_progress)
+        halt=args.halt, device=args.device, progress=not args.no_progress), args, dest_of={"progress": "no_progress"}))
     from looplm.calibrate.spec import train_spec
 
     res = train_spec(cfg)

@@ -147,17 +147,19 @@ def sft_noreplay_phase(ctx: Context) -> dict[str, Any]:
 
 
 def _grpo(ctx: Context, out: Path, init: str, prompts: str, reward: str, steps: int) -> dict[str, Any]:
-    from looplm.train.grpo import train
-    from looplm.train.grpo_config import GRPOConfig
+    from looplm.train.grpo import GRPOConfig, train
 
     b = ctx.budget
-    last = train(GRPOConfig(init=init, out=_s(out), prompts=prompts, eval_prompts=ctx.outputs["data"]["rl_heldout_file"],
-                            eval_n=32, eval_every=max(steps // 3, 1), reward=reward, group_size=b.grpo_group,
-                            prompts_per_step=b.grpo_prompts_per_step, max_new_tokens=b.grpo_max_new, lr=b.grpo_lr,
-                            steps=steps, seed=ctx.cfg.seed, save_every=steps, keep=1, log_every=5,
-                            threads=_threads(ctx) or 0, resume=any(out.glob("step_*"))))
+    res = train(GRPOConfig(init=init, out=_s(out), prompts=prompts, eval_prompts=ctx.outputs["data"]["rl_heldout_file"],
+                           eval_n=32, eval_every=max(steps // 3, 1), reward=reward, group_size=b.grpo_group,
+                           prompts_per_step=b.grpo_prompts_per_step, max_new_tokens=b.grpo_max_new, lr=b.grpo_lr,
+                           steps=steps, seed=ctx.cfg.seed, save_every=steps, keep=1, log_every=5,
+                           device=ctx.cfg.device, threads=_threads(ctx), progress=False,
+                           resume=any(out.glob("step_*"))))
+    if res["exit_code"] != 0:
+        raise RuntimeError(f"GRPO stopped with exit code {res['exit_code']}")
     return {"ckpt_dir": _s(out / "final"), "metrics_file": _s(out / "metrics.jsonl"),
-            "last": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
+            "last": {k: v for k, v in res["last"].items() if isinstance(v, (int, float))}}
 
 
 def grpo_outcome_phase(ctx: Context) -> dict[str, Any]:

@@ -179,9 +179,10 @@ def _grpo(ctx, figs: Path) -> list[Block]:
         blocks.append(("img", p, "Process reward: step credit, answer credit and hacking diagnostics"))
     rows = []
     for name, r in runs.items():
+        ev = [x for x in r if "eval/pass@1" in x]
+        r = [x for x in r if x.get("type") in ("train", "grpo")]  # the step records (not events, evaluations)
         if not r:
             continue
-        ev = [x for x in r if "eval/pass@1" in x]
         first, last = r[: max(len(r) // 5, 1)], r[-max(len(r) // 5, 1):]
         mean = lambda xs, k: sum(x.get(k, 0.0) for x in xs) / len(xs)  # noqa: E731
         rows.append([name, _fmt(len(r)), _fmt(mean(first, "reward_mean")), _fmt(mean(last, "reward_mean")),
@@ -195,8 +196,9 @@ def _grpo(ctx, figs: Path) -> list[Block]:
         ep = [x["eval/pass@1"] for x in pr if "eval/pass@1" in x]
         if eo and ep:
             verdict = "beats" if ep[-1] > eo[-1] else ("ties" if ep[-1] == eo[-1] else "does not beat")
+            n_steps = sum(x.get("type") in ("train", "grpo") for x in pr)
             blocks.append(("p", f"Outcome vs process reward from the same start (grpo-outcome weights), same prompts, "
-                                f"{len(pr)} steps each: held-out word-problem pass@1 {eo[-1]:.3f} (outcome) vs "
+                                f"{n_steps} steps each: held-out word-problem pass@1 {eo[-1]:.3f} (outcome) vs "
                                 f"{ep[-1]:.3f} (process): the process reward **{verdict}** the outcome reward "
                                 f"(difference {ep[-1] - eo[-1]:+.3f})."))
     return blocks

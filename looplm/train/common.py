@@ -1,5 +1,6 @@
-"""What every training stage shares: distributed setup, optimizer and schedule, depth sampling,
-FLOPs/MFU, the loss, the non-finite guard, compile/autocast, and evaluation at fixed depths.
+"""The pieces of the training loop (`looplm/train/loop.py`) and of its stages: distributed setup,
+optimizer and schedule, depth sampling, FLOPs/MFU, the LM loss, the non-finite guard,
+compile/autocast, and evaluation at fixed depths.
 
 - Distributed: `setup_distributed` reads torchrun's env (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
   `LOCAL_WORLD_SIZE`), uses gloo on CPU and NCCL on GPU, and sets the CPU threads per rank to
@@ -16,8 +17,8 @@ FLOPs/MFU, the loss, the non-finite guard, compile/autocast, and evaluation at f
 - FLOPs per trained token at depth n with backprop through the last k steps: forward everything
   (outer + n core steps), backward (2x) the outer layers and the last k steps only:
   `3·outer + (n + 2k)·per_step`, with `outer`/`per_step` taken from `looplm.model.flops_per_token`.
-- Non-finite guard: a step whose loss or gradient norm is NaN/inf is not applied (the caller counts
-  consecutive bad steps). Test hook: env `LOOPLM_TEST_NAN_STEPS="3,4"` poisons the loss of those
+- Non-finite guard: an update whose loss or gradient norm is NaN/inf is not applied (the loop counts
+  consecutive bad updates). Test hook: env `LOOPLM_TEST_NAN_STEPS="3,4"` poisons the loss of those
   (0-based) steps with NaN.
 
 FSDP (`--fsdp`): FSDP2 `fully_shard` on the whole model (runs on CPU/gloo as well as GPU/NCCL);
@@ -267,6 +268,17 @@ def step_rng(seed: int, step: int, micro: int) -> np.random.Generator:
     return np.random.default_rng([seed, DATA_STREAM, step, micro])
 
 
+def lm_depth(cfg: Any, model_cfg: Any, step: int) -> tuple[int, int]:
+    """(n, k) of update `step` of a language-modelling stage (a `LoopConfig`): the sampled depth (or the
+    fixed one, default the model's recurrence, at most max_steps) and the steps back-propagated."""
+    if cfg.sample_depth:
+        n = sample_depth(cfg.seed, step, cfg.mean_steps or float(model_cfg.recurrence), cfg.depth_sigma,
+                         model_cfg.max_steps, cfg.deep_fraction)
+    else:
+        n = min(cfg.fixed_depth or model_cfg.recurrence, model_cfg.max_steps)
+    return n, min(n, cfg.bptt_steps)
+
+
 # ------------------------------------------------------------------------------------- FLOPs / MFU
 def train_flops_per_token(model_cfg: Any, n: int, k: int, seq_len: int) -> float:
     """Training FLOPs per token at depth n, backprop through the last k steps (module docstring)."""
@@ -434,46 +446,7 @@ def finish_update(model: nn.Module, opt: torch.optim.Optimizer, params: list[tor
     return loss, gnorm, ok, any_flags, means
 
 
-# ----------------------------------------------------------------------------------- run plumbing
-def prepare_model(raw: nn.Module, cfg: Any, d: Dist, state: dict | None
-                  ) -> tuple[nn.Module, list[torch.Tensor], torch.optim.Optimizer, int, int]:
-    """Freeze the heads this stage does not train, move/compile/wrap the model, build AdamW and
-    restore its state on resume. Returns (model to call, trained params, optimizer, start step,
-    consecutive bad steps)."""
-    freeze_untrained(raw)
-    raw.to(d.device).train()
-    if cfg.compile:
-        compile_blocks(raw, default_compile_cache())
-    model = wrap_model(raw, d, cfg.fsdp)
-    params = [p for p in raw.parameters() if p.requires_grad]
-    opt = build_optimizer(model if cfg.fsdp else raw, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), d.device)
-    if state is None:
-        return model, params, opt, 0, 0
-    load_optimizer_state(model, opt, state["optimizer"], cfg.fsdp)
-    return model, params, opt, int(state["step"]), int(state["bad_steps"])
-
-
-def save_training(out: Path, step: int, model: nn.Module, raw: nn.Module, opt: torch.optim.Optimizer, tok: Any,
-                  cfg: Any, meta: dict, bad: int, final: bool, d: Dist, train_seconds: float = 0.0) -> Path | None:
-    """Checkpoint `step` (weights, optimizer, RNG, config, training seconds so far) on rank 0, keep
-    the newest `cfg.keep`; with `final` also write `out/final`. Every rank must call it (FSDP
-    gathers). Returns the path (None on other ranks)."""
-    from looplm.checkpoint import capture_rng_state
-    from looplm.train import rundir as R
-    from looplm.train.args import config_to_dict
-
-    full, osd = full_state_for_save(model, raw, opt, cfg.fsdp)
-    if not d.main:
-        return None
-    meta = {**meta, "step": step}
-    train_state = {"step": step, "bad_steps": bad, "config": config_to_dict(cfg), "optimizer": osd,
-                   "rng": capture_rng_state(), "train_seconds": train_seconds}
-    path = R.save_step(out, step, full, tok, meta, train_state, cfg.keep)
-    if final:
-        R.save_final(out, full, tok, meta)
-    return path
-
-
+# ------------------------------------------------------------------------------ evaluation loop
 def evaluate(model: nn.Module, raw: nn.Module, val: dict[str, list], depths: list[int], token_bytes: torch.Tensor,
              bf16: bool, d: Dist) -> dict[str, dict[int, dict[str, float]]]:
     """`eval_sums` for every validation domain: results[domain][depth] = {loss, bpb, tokens}."""

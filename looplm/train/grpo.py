@@ -1,339 +1,288 @@
-"""GRPO (DeepSeekMath / TRL objective) with the outcome or the programmatic process reward.
+"""`looplm grpo`: GRPO (DeepSeekMath / TRL objective) with the outcome or the programmatic process
+reward: its config, its command line and its stage of the shared training loop
+(`looplm/train/loop.py`, which does the optimizer, schedule, resume, non-finite guard, signals,
+evaluation/checkpoint cadence and logs).
 
-One explicit loop; every step:
+Every step (`GRPOStage.batch`, then `iterations` updates of `GRPOStage.backward`):
 
-    rows     <- `prompts_per_step` prompts drawn by a generator keyed by (seed, step)
-    rollout  <- the KV-cached batched generator, all prompts x G at once (G consecutive copies),
-                sampled at `temperature`, stopped at EOS or `max_new_tokens`
+    rows     <- `prompts_per_step` prompts drawn by a generator keyed by (seed, step); rank r takes its share
+    rollout  <- the KV-cached batched generator, this rank's prompts x G (G consecutive copies),
+                sampled at `temperature`, stopped at EOS or `max_new_tokens` (`grpo_rollouts.py`)
     rewards  <- `looplm.rewards` (maths) or the task's scorer (DFS tasks), on the decoded text
     (optional) dynamic sampling: groups whose rewards are all equal are replaced by fresh prompts
-    A        <- group_advantages(rewards, G, scale)
+    A        <- group_advantages(rewards of every rank, G, scale), this rank's part
     for each of `iterations` updates:
         logp     = log_softmax(policy(seq) / T) at completion tokens   (EOS inside the mask, nothing after)
         old_logp = logp.detach() (one iteration) or the pre-update policy's log-probs
         ref_logp = the frozen reference (the --init weights) under no_grad
-        loss     = grpo_loss(logp, old_logp, ref_logp, A, mask, beta, loss_type, eps_low, eps_high)
-        AdamW step (clipped gradients)
+        loss     = grpo_loss(logp, old_logp, ref_logp, A, mask, beta, loss_type, eps_low, eps_high),
+                   normalised by the global number of completions (dapo: of completion tokens)
+        AdamW step (clipped gradients, all-reduced over ranks by DDP)
 
-Rollouts and the loss use the same number of recurrence steps. Resume is exact on CPU: prompts and
-sampling seeds are pure functions of (seed, step), and the checkpoint carries the optimizer state.
-The speculative and halt heads are frozen (they play no part in the policy's log-probs).
+Ranks: under `torchrun` every rank generates and scores its own prompts; advantages, reward
+statistics and counts are global (the ranks' rollouts are gathered), gradients are all-reduced, so W
+ranks train as one process on the same global batch. `--device cuda` (or `auto`) runs rollouts and
+updates on the GPU; `--bf16` autocasts the forwards. Rollouts and the loss use the same number of
+recurrence steps. Resume is exact on CPU: prompts and sampling seeds are pure functions of (seed,
+step, rank), and the checkpoint carries the optimizer state. The speculative and halt heads are
+frozen (they play no part in the policy's log-probs). `--config RUN/run_config.json` replays a run.
 
-Simplification: the whole rollout batch (prompts x G sequences) goes through one forward pass per
-update; there is no micro-batching.
+Simplification: the rollout batch of a rank (its prompts x G sequences) goes through one forward
+pass per update; there is no micro-batching. No FSDP (ranks decode different lengths).
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import math
+import argparse
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+from looplm.train.args import need, need_choice, need_float, need_int, need_str, opt_field
+from looplm.train.loop_config import RESUME_FREE as LOOP_RESUME_FREE
+from looplm.train.loop_config import RunConfig, add_stage_parser, stage_main
 
-from looplm.checkpoint import load_checkpoint, load_train_state
-from looplm.config import ConfigError
-from looplm.generate import GenerationConfig, generate
-from looplm.grpo import group_advantages, grpo_loss, zero_std_groups
-from looplm.rewards import outcome_reward, process_breakdown
-from looplm.train.grpo_config import NUMERIC_TASKS, SCORED_TASKS, GRPOConfig
-from looplm.train.common import build_optimizer, freeze_untrained, lr_at, set_lr
-from looplm.train.rundir import (StopSignals, check_fresh_out, newest_resumable, resolve_init, save_final, save_step,
-                                 write_run_config)
-
-# ---------------------------------------------------------------------------------------- prompts
-def _rows_from_task(task: str, n: int, seed: int, split: str) -> list[dict]:
-    from looplm.tasks import get_task
-
-    exs = get_task(task).generate(n, seed=seed, split=split)
-    return [{"prompt": e.prompt, "answer": e.gold, "task": e.task} for e in exs]
+REWARDS = ("outcome", "process")
+EVAL_ONLY = frozenset({"eval_prompts", "eval_n", "pass_k"})
 
 
-def load_prompt_sets(cfg: GRPOConfig) -> tuple[list[dict], list[dict]]:
-    """Training and held-out prompt rows, each {prompt, answer, task}."""
-    from looplm.data.jsonl import check_overlap
-    from looplm.data.rowsets import read_rl_rows
-
-    if cfg.task:
-        train = _rows_from_task(cfg.task, cfg.n_prompts, cfg.seed, "train")
-        held = _rows_from_task(cfg.task, cfg.eval_n, cfg.seed + 1, "eval") if cfg.eval_n and not cfg.eval_prompts else []
-    else:
-        train = read_rl_rows(cfg.prompts)
-        held = []
-    if cfg.eval_prompts:
-        held = read_rl_rows(cfg.eval_prompts)[: cfg.eval_n]
-    if held:
-        dup = check_overlap(train, held, key="prompt")
-        if dup:
-            raise ConfigError(f"{len(dup)} training prompts also appear in the held-out prompts "
-                              f"(first: {train[dup[0]]['prompt'][:80]!r}); GRPO evaluation must be held out")
-    for r in train + held:
-        task = r["task"].replace("-", "_")
-        if cfg.reward == "process" and task not in NUMERIC_TASKS:
-            raise ConfigError(f"GRPOConfig.reward='process' needs numeric answers; task {r['task']!r} is not one of "
-                              f"{', '.join(NUMERIC_TASKS)}")
-        if task not in NUMERIC_TASKS + SCORED_TASKS:
-            raise ConfigError(f"task {r['task']!r} has no reward; GRPO supports {', '.join(NUMERIC_TASKS + SCORED_TASKS)}")
-    return train, held
-
-
-# ---------------------------------------------------------------------------------------- rewards
-def score_completion(text: str, row: dict, reward: str, mode: str) -> dict[str, float]:
-    """The reward of one completion and its parts: reward, answer_correct (+ process counts)."""
-    task = row["task"].replace("-", "_")
-    if task in SCORED_TASKS:
-        from looplm.tasks import get_task
-        from looplm.tasks.base import Example
-
-        ex = Example(prompt=row["prompt"], answer="", gold=row["answer"], task=task)
-        ok = float(get_task(task).score(text, ex)["score"])
-        return {"reward": ok, "answer_correct": ok}
-    if reward == "outcome":
-        r = outcome_reward(text, row["answer"])
-        return {"reward": r, "answer_correct": r}
-    b = process_breakdown(text, row["answer"], question=row["prompt"], mode=mode)
-    return {"reward": b.total, "answer_correct": float(b.answer_correct), "process": b.process,
-            "equations": b.equations, "correct": b.correct, "incorrect": b.incorrect, "trivial": b.trivial,
-            "duplicate": b.duplicate, "ungrounded": b.ungrounded}
-
-
-# ---------------------------------------------------------------------------------------- rollouts
 @dataclass
-class Rollout:
-    rows: list[dict]  # one per prompt
-    prompt_ids: list[list[int]]  # one per completion (G consecutive copies)
-    completions: list[list[int]]
-    truncated: list[bool]  # no EOS within max_new_tokens
-    texts: list[str]
-    scores: list[dict[str, float]]
+class GRPOConfig(RunConfig):
+    init: str = opt_field("", "checkpoint (or run directory) to start from; also the frozen reference", metavar="CKPT")
+    prompts: str = opt_field("", "{prompt, answer, task} rows (e.g. from `looplm data rl`; or TRL {prompt, completion, "
+                                 "task}): a JSONL/parquet/... file, a directory or hub:NAME", metavar="SOURCE")
+    task: str = opt_field("", "or: draw prompts from this generated task's train split (arith, word_problems, "
+                              "dfs_verbal, clrs_dfs)", metavar="NAME")
+    n_prompts: int = opt_field(2000, "number of prompts generated with --task")
+    eval_prompts: str = opt_field("", "held-out rows for pass@k (default with --task: the task's eval split)",
+                                  metavar="SOURCE")
+    eval_n: int = opt_field(32, "held-out prompts evaluated (0 = no evaluation)")
+    pass_k: int = opt_field(4, "k of the sampled pass@k")
+    reward: str = opt_field("outcome", "outcome (1/0 on the final answer) or process (programmatic step reward)")
+    reward_mode: str = opt_field("strict", "process reward mode: strict (hack-resistant) or report (the report's "
+                                           "arithmetic)")
+    group_size: int = opt_field(4, "completions per prompt G (>= 2)")
+    prompts_per_step: int = opt_field(2, "prompts per step, over all ranks (divisible by the world size)")
+    max_new_tokens: int = opt_field(128, "completion length limit")
+    beta: float = opt_field(0.04, "KL coefficient (k3 estimator against the frozen reference); 0 = no reference")
+    loss_type: str = opt_field("grpo", "grpo, dr_grpo or dapo aggregation")
+    scale: str = opt_field("group", "advantage scaling: group (std of the group), batch, none (mean-centring only)")
+    eps_low: float = opt_field(0.2, "PPO clip epsilon below 1")
+    eps_high: float = opt_field(0.2, "PPO clip epsilon above 1 (DAPO's clip-higher when > eps_low)")
+    iterations: int = opt_field(1, "policy updates per rollout batch (mu)")
+    temperature: float = opt_field(1.0, "sampling temperature, also applied inside every log-prob")
+    top_k: int = opt_field(0, "top-k for rollouts (0 = off)")
+    top_p: float = opt_field(1.0, "top-p for rollouts (1 = off)")
+    mask_truncated: bool = opt_field(False, "give no loss to completions that hit max_new_tokens without EOS")
+    dynamic_sampling: bool = opt_field(False, "replace groups whose rewards are all equal with fresh prompts (DAPO)")
+    max_resample: int = opt_field(4, "extra prompt draws per step for dynamic sampling")
+    recurrence: int = opt_field(0, "recurrence steps for rollouts and loss (0 = the model's R)")
+    compile_rollouts: bool = opt_field(False, "decode rollouts with the torch.compile'd step "
+                                              "(looplm/compiled_decode.py): same tokens, about 1.7x faster at batch 8 "
+                                              "after a one-time compile; needs a C++ compiler")
+    # the defaults that differ from pre-training
+    steps: int = opt_field(250, "optimizer steps")
+    lr: float = opt_field(1e-6, "learning rate (AdamW)")
+    min_lr_ratio: float = opt_field(1.0, "final learning rate as a fraction of --lr (1 = constant after warmup)")
+    warmup: int = opt_field(0, "linear warm-up steps")
+    weight_decay: float = opt_field(0.0, "AdamW weight decay on matrices (vectors get none)")
+    beta2: float = opt_field(0.999, "AdamW beta2")
+    eval_every: int = opt_field(25, "evaluate pass@1 / pass@k every N steps (and at the end; 0 = only at the end)")
+    save_every: int = opt_field(50, "checkpoint every N steps (and at the end; 0 = only at the end)")
+    keep: int = opt_field(2, "step checkpoints kept")
+    seed: int = opt_field(0, "seed of prompt draws and sampling")
+
+    def validate(self) -> None:
+        from looplm.grpo import LOSS_TYPES, SCALES  # the GRPO maths' own lists (imports torch)
+
+        super().validate()
+        need_str(self, "init")
+        need(self, "prompts", bool(self.prompts) != bool(self.task),
+             "give exactly one of --prompts FILE or --task NAME")
+        need_choice(self, "reward", REWARDS)
+        need_choice(self, "reward_mode", ("strict", "report"))
+        need_int(self, "group_size", 2)
+        need_choice(self, "loss_type", LOSS_TYPES)
+        need_choice(self, "scale", SCALES)
+        for name in ("prompts_per_step", "max_new_tokens", "iterations", "n_prompts", "pass_k"):
+            need_int(self, name, 1)
+        for name in ("recurrence", "max_resample", "eval_n", "top_k"):
+            need_int(self, name, 0)
+        need_float(self, "lr", 0.0, 1.0, lo_open=True)
+        need_float(self, "beta", 0.0)
+        need(self, "eps_low", isinstance(self.eps_low, (int, float)) and 0 <= self.eps_low < 1, "must be in [0, 1)")
+        need_float(self, "eps_high", 0.0)
+        need_float(self, "temperature", 0.0, lo_open=True)
+        need_float(self, "top_p", 0.0, 1.0, lo_open=True)
 
 
-RAW_TASKS = ("clrs_dfs",)  # trained in the pre-training format only: EOS + question, no chat template
+def resume_free(cfg: GRPOConfig) -> frozenset[str]:
+    """Fields a --resume may change: the loop's, the held-out evaluation's, and `steps` while the
+    schedule is flat (min_lr_ratio 1); not `init`, which is the frozen reference."""
+    return (LOOP_RESUME_FREE - {"init"}) | EVAL_ONLY | ({"steps"} if cfg.min_lr_ratio == 1.0 else set())
 
 
-def prompt_ids(tok, row: dict) -> list[int]:
-    """A prompt's ids as the model saw such prompts in training (same rule as `looplm eval`)."""
-    if row["task"].replace("-", "_") in RAW_TASKS:
-        text = row["prompt"] if row["prompt"].endswith("\n") else row["prompt"] + "\n"
-        return [tok.eos_id] + tok.encode(text)
-    return tok.encode(tok.chat_prompt(row["prompt"]))
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return add_stage_parser(subparsers, "grpo", GRPOConfig, ("init", "out"), main,
+                            help="GRPO with an outcome or process reward (from an SFT checkpoint)",
+                            description="GRPO (DeepSeekMath/TRL objective) with the outcome or the programmatic "
+                                        "process reward; see looplm/train/grpo.py for the step.")
 
 
-def rollout(model, tok, rows: list[dict], cfg: GRPOConfig, steps: int, seed: int) -> Rollout:
-    G = cfg.group_size
-    prompt_ids_ = [prompt_ids(tok, r) for r in rows for _ in range(G)]  # [P*G], G consecutive copies
-    gen = generate(model, prompt_ids_, GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens, steps=steps, temperature=cfg.temperature, top_k=cfg.top_k,
-        top_p=cfg.top_p, stop_tokens=(tok.eos_id,), seed=seed, pad_id=tok.pad_id, compile=cfg.compile_rollouts))
-    texts = [tok.decode([t for t in c if t != tok.eos_id], skip_special=False) for c in gen.tokens]
-    scores = [score_completion(texts[i], rows[i // G], cfg.reward, cfg.reward_mode) for i in range(len(texts))]
-    return Rollout(rows, prompt_ids_, gen.tokens, [not f for f in gen.finished], texts, scores)
-
-
-def sequence_batch(prompt_ids: list[list[int]], completions: list[list[int]], pad_id: int, device=None):
-    """Right-padded prompt+completion ids [N, L] and a mask [N, L-1] over the *target* positions that
-    are completion tokens (EOS included); right padding needs no attention mask under causality."""
-    L = max(len(p) + len(c) for p, c in zip(prompt_ids, completions))
-    ids = torch.full((len(prompt_ids), L), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompt_ids), L - 1)
-    for i, (p, c) in enumerate(zip(prompt_ids, completions)):
-        ids[i, : len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
-        mask[i, len(p) - 1: len(p) - 1 + len(c)] = 1.0  # logits at j predict token j + 1
-    return ids.to(device), mask.to(device)
-
-
-def token_logprobs(model, ids: torch.Tensor, steps: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """log p(token_{j+1} | ..) / entropy at every position j, with the sampling temperature applied."""
-    logits = model(ids[:, :-1], steps).logits.float() / temperature  # [N, L-1, V]
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, ids[:, 1:, None]).squeeze(-1)  # [N, L-1]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logp, entropy
-
-
-# ---------------------------------------------------------------------------------------- the loop
-def _log(out: Path, rec: dict[str, Any]) -> None:
-    with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
-        f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                            for k, v in rec.items()}) + "\n")
-
-
-def _draw(rows: list[dict], n: int, seed: int, step: int, attempt: int) -> list[dict]:
-    rng = np.random.default_rng([seed, step, attempt])
-    return [rows[i] for i in rng.choice(len(rows), size=n, replace=len(rows) < n)]
-
-
-def _seed(seed: int, step: int, attempt: int) -> int:
-    return int(np.random.default_rng([seed, step, attempt, 7]).integers(2**62))
-
-
-def collect(model, tok, train_rows, cfg: GRPOConfig, steps: int, step: int) -> tuple[Rollout, dict]:
-    """Rollouts for one step; with dynamic sampling, zero-variance groups are replaced by fresh prompts."""
-    G, P = cfg.group_size, cfg.prompts_per_step
-    ro = rollout(model, tok, _draw(train_rows, P, cfg.seed, step, 0), cfg, steps, _seed(cfg.seed, step, 0))
-    info = {"resampled_groups": 0, "zero_std_kept": 0}
-    if not cfg.dynamic_sampling:
-        return ro, info
-    for attempt in range(1, cfg.max_resample + 1):
-        r = torch.tensor([s["reward"] for s in ro.scores])
-        flat = zero_std_groups(r, G)
-        if not bool(flat.any()):
-            break
-        fresh = rollout(model, tok, _draw(train_rows, int(flat.sum()), cfg.seed, step, attempt), cfg, steps,
-                        _seed(cfg.seed, step, attempt))
-        info["resampled_groups"] += int(flat.sum())
-        ro = _replace_groups(ro, fresh, [i for i, f in enumerate(flat.tolist()) if f], G)
-    info["zero_std_kept"] = int(zero_std_groups(torch.tensor([s["reward"] for s in ro.scores]), G).sum())
-    return ro, info
-
-
-def _replace_groups(ro: Rollout, fresh: Rollout, groups: list[int], G: int) -> Rollout:
-    rows, fields = list(ro.rows), {k: list(getattr(ro, k)) for k in ("prompt_ids", "completions", "truncated",
-                                                                        "texts", "scores")}
-    for j, g in enumerate(groups):
-        rows[g] = fresh.rows[j]
-        for k, v in fields.items():
-            v[g * G:(g + 1) * G] = getattr(fresh, k)[j * G:(j + 1) * G]
-    return Rollout(rows, **fields)
-
-
-def _stats(x: list[float], name: str) -> dict[str, float]:
-    a = np.asarray(x, dtype=np.float64)
-    return {f"{name}_mean": float(a.mean()), f"{name}_std": float(a.std()), f"{name}_min": float(a.min()),
-            f"{name}_max": float(a.max())}
-
-
-def reward_metrics(ro: Rollout, G: int) -> dict[str, float]:
-    rewards = [s["reward"] for s in ro.scores]
-    m = {**_stats(rewards, "reward"),
-         "answer_correct_mean": float(np.mean([s["answer_correct"] for s in ro.scores])),
-         "zero_std_share": float(zero_std_groups(torch.tensor(rewards), G).float().mean()),
-         **_stats([len(c) for c in ro.completions], "completion_len"),
-         "truncated_share": float(np.mean(ro.truncated))}
-    if "process" in ro.scores[0]:  # hacking diagnostics
-        eqs = sum(s["equations"] for s in ro.scores) or 1
-        for k in ("correct", "incorrect", "trivial", "duplicate", "ungrounded"):
-            m[f"steps_{k}_share"] = sum(s[k] for s in ro.scores) / eqs
-        m.update(_stats([s["process"] for s in ro.scores], "process"))
-        wrong = [s["process"] for s in ro.scores if not s["answer_correct"]]
-        m["process_credit_wrong_answers"] = float(np.mean(wrong)) if wrong else 0.0
-    return m
-
-
-@torch.no_grad()
-def evaluate_pass(model, tok, rows: list[dict], cfg: GRPOConfig, steps: int) -> dict[str, float]:
-    """Greedy pass@1 and sampled pass@k (k samples at the training temperature) on held-out prompts."""
-    prompts = [prompt_ids(tok, r) for r in rows]
-    greedy = generate(model, prompts, GenerationConfig(max_new_tokens=cfg.max_new_tokens, steps=steps,
-                                                       stop_tokens=(tok.eos_id,), pad_id=tok.pad_id))
-    ok1 = [score_completion(tok.decode(t), r, "outcome", "strict")["answer_correct"] for t, r in zip(greedy.tokens, rows)]
-    k = cfg.pass_k
-    sampled = generate(model, [p for p in prompts for _ in range(k)], GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens, steps=steps, temperature=cfg.temperature, top_k=cfg.top_k,
-        top_p=cfg.top_p, stop_tokens=(tok.eos_id,), seed=cfg.seed + 12345, pad_id=tok.pad_id))
-    okk = [max(score_completion(tok.decode(sampled.tokens[i * k + j]), r, "outcome", "strict")["answer_correct"]
-               for j in range(k)) for i, r in enumerate(rows)]
-    return {"pass@1": float(np.mean(ok1)), f"pass@{k}": float(np.mean(okk)), "n": len(rows)}
-
-
-def make_reference(policy):
-    """The frozen reference: a copy of the starting policy, never updated."""
-    return copy.deepcopy(policy).eval().requires_grad_(False)
+def main(args: argparse.Namespace | GRPOConfig) -> int:
+    """CLI entry (also callable with a GRPOConfig): returns the exit code."""
+    return stage_main(GRPOConfig, args, train, "grpo")
 
 
 def train(cfg: GRPOConfig) -> dict[str, Any]:
-    cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    policy, tok, meta = load_checkpoint(resolve_init(cfg.init))
-    steps = cfg.recurrence or policy.config.recurrence
-    if steps > policy.config.max_steps:
-        raise ConfigError(f"GRPOConfig.recurrence={steps} exceeds the model's max_steps={policy.config.max_steps}")
-    train_rows, held = load_prompt_sets(cfg)
-    ref = make_reference(policy) if cfg.beta > 0 else None
-    freeze_untrained(policy)
-    opt = build_optimizer(policy, cfg.lr, cfg.weight_decay, (0.9, 0.999), torch.device("cpu"))
-    start = 0
-    if cfg.resume:
-        ck = newest_resumable(out)
-        state = load_train_state(ck)
-        saved_cfg = state["config"]
-        diffs = [k for k in saved_cfg if k not in ("steps", "resume", "threads", "eval_every", "save_every", "keep",
-                                                    "log_every") and saved_cfg[k] != asdict(cfg).get(k)]
-        if diffs:
-            raise ConfigError(f"--resume: the run in {out} used different settings: {', '.join(diffs)}")
-        resumed, _, _ = load_checkpoint(ck)
-        policy.load_state_dict(resumed.state_dict())
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-    else:
-        check_fresh_out(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_run_config(out, {"stage": "grpo", **asdict(cfg)})
-    policy.train()
-    last: dict[str, Any] = {}
-    with StopSignals() as stop:
-        for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            policy.eval()
-            ro, info = collect(policy, tok, train_rows, cfg, steps, step)
-            t_gen = time.perf_counter() - t0
-            metrics = reward_metrics(ro, cfg.group_size)
-            t_score = time.perf_counter() - t0 - t_gen
-            policy.train()
-            rewards = torch.tensor([s["reward"] for s in ro.scores], dtype=torch.float32)
-            adv = group_advantages(rewards, cfg.group_size, scale=cfg.scale)
-            ids, mask = sequence_batch(ro.prompt_ids, ro.completions, tok.pad_id)
-            if cfg.mask_truncated:
-                mask = mask * torch.tensor([0.0 if t else 1.0 for t in ro.truncated])[:, None]
-            with torch.no_grad():
-                ref_logp = token_logprobs(ref, ids, steps, cfg.temperature)[0] if ref is not None else None
-                old_logp = token_logprobs(policy, ids, steps, cfg.temperature)[0] if cfg.iterations > 1 else None
-            lr = lr_at(step, cfg.lr, cfg.warmup, cfg.steps, 1.0)
-            set_lr(opt, lr)
-            for _ in range(cfg.iterations):
-                logp, entropy = token_logprobs(policy, ids, steps, cfg.temperature)
-                loss, st = grpo_loss(logp, old_logp if old_logp is not None else logp.detach(), ref_logp, adv, mask,
-                                     beta=cfg.beta, loss_type=cfg.loss_type, eps_low=cfg.eps_low,
-                                     eps_high=cfg.eps_high, max_completion_length=cfg.max_new_tokens + 1)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
-                                                       cfg.grad_clip)
-                if math.isfinite(loss.item()) and math.isfinite(gnorm.item()):
-                    opt.step()
-            m = mask.bool()
-            rec = {"type": "grpo", "step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": gnorm.item(),
-                   **metrics, **info, **{f"adv_{k}": v for k, v in _stats(adv.tolist(), "a").items()},
-                   "kl": st.get("kl", 0.0), "clip_low": st["clip_low"], "clip_high": st["clip_high"],
-                   "clip_region": st["clip_region"], "ratio_mean": st["ratio_mean"],
-                   "entropy": float(entropy.detach()[m].mean()) if bool(m.any()) else 0.0,
-                   "time_generate": t_gen, "time_score": t_score,
-                   "time_train": time.perf_counter() - t0 - t_gen - t_score, "time_step": time.perf_counter() - t0}
-            if cfg.eval_every and held and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-                policy.eval()
-                rec.update({f"eval/{k}": v for k, v in evaluate_pass(policy, tok, held, cfg, steps).items()})
-                policy.train()
-            _log(out, rec)
-            last = rec
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                print(f"grpo step {step + 1}/{cfg.steps} | loss {rec['loss']:+.4f} | reward {rec['reward_mean']:.3f}"
-                      f"±{rec['reward_std']:.3f} | acc {rec['answer_correct_mean']:.2f} | kl {rec['kl']:.4f} | "
-                      f"len {rec['completion_len_mean']:.0f} | {rec['time_step']:.2f}s "
-                      f"(gen {t_gen:.2f}s)", flush=True)
-            stopping = stop.signum is not None
-            if (cfg.save_every and (step + 1) % cfg.save_every == 0) or stopping or step + 1 == cfg.steps:
-                save_step(out, step + 1, policy, tok, {"stage": "grpo", "step": step + 1, "init": str(cfg.init)},
-                          {"step": step + 1, "optimizer": opt.state_dict(), "config": asdict(cfg)}, cfg.keep)
-            if stopping:
-                print(f"stopped at step {step + 1}; resume with --resume", flush=True)
-                return last
-    save_final(out, policy, tok, {"stage": "grpo", "step": cfg.steps, "reward": cfg.reward, "init": str(cfg.init)})
-    return last
+    """Run (or resume) GRPO; returns the loop's summary ({"exit_code", "step", "loss", ..., "last"})."""
+    from looplm.train.loop import run
+
+    return run(GRPOStage(cfg))
+
+
+# ------------------------------------------------------------------------------------------ stage
+@dataclass
+class GRPOBatch:
+    ids: Any  # [N, L] prompt + completion ids of this rank, right-padded
+    mask: Any  # [N, L-1] 1 on completion targets
+    adv: Any  # [N] advantages
+    ref_logp: Any  # [N, L-1] or None (beta = 0)
+    old_logp: Any  # [N, L-1] or None (one iteration: logp.detach())
+    sequences: int  # completions over all ranks
+    tokens: float  # unmasked completion tokens over all ranks
+    numbers: dict[str, Any]  # reward statistics, counters, advantage statistics, timings
+    last: tuple = ()  # (grpo_loss stats, entropy mean, tokens) of the latest update on this rank
+
+
+class GRPOStage:
+    """Rollouts of the step's prompts, their advantages, the GRPO loss; the model from --init."""
+
+    name = "grpo"
+    fsdp = compile = False
+
+    def __init__(self, cfg: GRPOConfig):
+        self.cfg, self.updates, self.resume_free = cfg, cfg.iterations, resume_free(cfg)
+
+    def load(self) -> tuple[Any, Any, str]:
+        from looplm.checkpoint import load_checkpoint
+        from looplm.train.rundir import resolve_init
+
+        ckpt = resolve_init(self.cfg.init)
+        model, tok, _ = load_checkpoint(ckpt)
+        return model, tok, str(ckpt)
+
+    def setup(self, raw: Any, tok: Any, origin: str, d: Any) -> tuple[dict[str, Any], str]:
+        from looplm.checkpoint import load_checkpoint
+        from looplm.config import ConfigError
+        from looplm.train import grpo_rollouts as GR
+        from looplm.train.rundir import resolve_init
+
+        cfg, mcfg = self.cfg, raw.config
+        self.tok, self.d, self.steps = tok, d, cfg.recurrence or mcfg.recurrence
+        if self.steps > mcfg.max_steps:
+            raise ConfigError(f"GRPOConfig.recurrence={self.steps} exceeds the model's max_steps={mcfg.max_steps}")
+        if cfg.prompts_per_step % d.world_size:
+            raise ConfigError(f"GRPOConfig.prompts_per_step={cfg.prompts_per_step} must be divisible by the world "
+                              f"size {d.world_size} (option --prompts-per-step)")
+        self.train_rows, self.held = GR.load_prompt_sets(cfg)
+        self.ref = None
+        if cfg.beta > 0:  # the --init weights (on resume `raw` holds the trained ones)
+            start = raw if not cfg.resume else load_checkpoint(resolve_init(cfg.init))[0]
+            self.ref = GR.make_reference(start).to(d.device)
+        meta = {"data": cfg.prompts or f"task:{cfg.task}", "data_fingerprint": GR.rows_fingerprint(self.train_rows),
+                "init": str(cfg.init), "reward": cfg.reward}
+        return meta, (f"{len(self.train_rows)} prompts, {cfg.prompts_per_step} x {cfg.group_size} rollouts per step, "
+                      f"{len(self.held)} held out")
+
+    def batch(self, model: Any, raw: Any, step: int, d: Any) -> GRPOBatch:
+        import torch
+
+        from looplm.grpo import group_advantages
+        from looplm.train import common as C
+        from looplm.train import grpo_rollouts as GR
+
+        cfg, G = self.cfg, self.cfg.group_size
+        t0 = time.perf_counter()
+        raw.eval()
+        with C.autocast(d.device, cfg.bf16):
+            mine, info = GR.collect(raw, self.tok, self.train_rows, cfg, self.steps, step, d.rank, d.world_size)
+        t_gen = time.perf_counter() - t0
+        ro, info = GR.gather(mine, info, d.world_size)  # every rank's rollouts, in rank order
+        numbers = {**GR.reward_metrics(ro, G), **info}
+        t_score = time.perf_counter() - t0 - t_gen
+        raw.train()
+        rewards = torch.tensor([s["reward"] for s in ro.scores], dtype=torch.float32)
+        adv = group_advantages(rewards, G, scale=cfg.scale)
+        numbers.update({f"adv_{k}": v for k, v in GR.stats(adv.tolist(), "a").items()})
+        n = len(mine.scores)
+        ids, mask = GR.sequence_batch(mine.prompt_ids, mine.completions, self.tok.pad_id, d.device)
+        if cfg.mask_truncated:
+            mask = mask * torch.tensor([0.0 if t else 1.0 for t in mine.truncated], device=d.device)[:, None]
+        with torch.no_grad(), C.autocast(d.device, cfg.bf16):
+            ref_logp = None if self.ref is None else GR.token_logprobs(self.ref, ids, self.steps, cfg.temperature)[0]
+            old_logp = None if cfg.iterations == 1 else GR.token_logprobs(raw, ids, self.steps, cfg.temperature)[0]
+        tokens = float(C.all_reduce_sum(mask.sum().double(), d))
+        numbers.update(time_generate=t_gen, time_score=t_score)
+        return GRPOBatch(ids, mask, adv[d.rank * n:(d.rank + 1) * n].to(d.device), ref_logp, old_logp,
+                         sequences=len(ro.scores), tokens=tokens, numbers=numbers)
+
+    def backward(self, model: Any, batch: GRPOBatch, update: int, d: Any, poison: bool) -> tuple[Any, float]:
+        from looplm.grpo import grpo_loss
+        from looplm.train import common as C
+        from looplm.train.grpo_rollouts import token_logprobs
+
+        cfg = self.cfg
+        with C.autocast(d.device, cfg.bf16):
+            logp, entropy = token_logprobs(model, batch.ids, self.steps, cfg.temperature)
+        counts = ({"num_items_in_batch": batch.tokens} if cfg.loss_type == "dapo"
+                  else {"num_sequences": batch.sequences})  # global: the ranks' losses sum to the batch's
+        loss, st = grpo_loss(logp, batch.old_logp if batch.old_logp is not None else logp.detach(), batch.ref_logp,
+                             batch.adv, batch.mask, beta=cfg.beta, loss_type=cfg.loss_type, eps_low=cfg.eps_low,
+                             eps_high=cfg.eps_high, max_completion_length=cfg.max_new_tokens + 1, **counts)
+        if poison:  # test hook (LOOPLM_TEST_NAN_STEPS)
+            loss = loss * float("nan")
+        (loss * d.world_size if d.world_size > 1 else loss).backward()  # DDP averages over ranks
+        m = batch.mask.bool()
+        batch.last = (st, float(entropy.detach()[m].mean()) if bool(m.any()) else 0.0, st["tokens"])
+        return loss.detach().double(), 1.0
+
+    def record(self, batch: GRPOBatch, seconds: float) -> dict[str, Any]:
+        """The step's numbers; the latest update's loss statistics as token-weighted means over ranks."""
+        import torch
+
+        from looplm.train import common as C
+
+        st, entropy, tokens = batch.last
+        names = ("kl", "clip_low", "clip_high", "clip_region", "ratio_mean")
+        sums = torch.tensor([st[k] * tokens for k in names] + [entropy * tokens, tokens], dtype=torch.float64)
+        sums = C.all_reduce_sum(sums.to(self.d.device), self.d).tolist()
+        total = sums[-1]
+        means = {k: (v / total if total > 0 else 0.0) for k, v in zip(names + ("entropy",), sums[:-1])}
+        t_gen, t_score = batch.numbers["time_generate"], batch.numbers["time_score"]
+        return {**batch.numbers, **means, "time_train": seconds - t_gen - t_score, "time_step": seconds}
+
+    def evaluate(self, model: Any, raw: Any, d: Any) -> tuple[dict[str, float], str] | None:
+        """Greedy pass@1 and sampled pass@k on the held-out prompts (each rank takes every W-th)."""
+        import torch
+
+        from looplm.train import common as C
+        from looplm.train.grpo_rollouts import pass_counts
+
+        if not self.held:
+            return None
+        cfg = self.cfg
+        raw.eval()
+        with C.autocast(d.device, cfg.bf16):
+            ok1, okk = pass_counts(raw, self.tok, self.held[d.rank::d.world_size], cfg, self.steps)
+        raw.train()
+        ok1, okk = C.all_reduce_sum(torch.tensor([ok1, okk], dtype=torch.float64, device=d.device), d).tolist()
+        n, k = len(self.held), cfg.pass_k
+        metrics = {"eval/pass@1": ok1 / n, f"eval/pass@{k}": okk / n, "eval/n": n}
+        return metrics, f"  pass@1 {ok1 / n:.3f}  pass@{k} {okk / n:.3f}  ({n} held-out prompts)"
+
+    def format_step(self, rec: dict[str, Any], total: int) -> str:
+        return (f"grpo step {rec['step']}/{total} | loss {rec['loss']:+.4f} | reward {rec['reward_mean']:.3f}"
+                f"±{rec['reward_std']:.3f} | acc {rec['answer_correct_mean']:.2f} | kl {rec['kl']:.4f} | "
+                f"len {rec['completion_len_mean']:.0f} | {rec['time_step']:.2f}s (gen {rec['time_generate']:.2f}s)"
+                + (" | SKIPPED (non-finite)" if rec.get("skipped") else ""))

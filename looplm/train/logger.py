@@ -2,12 +2,14 @@
 TensorBoard / W&B when installed and asked for.
 
 Records (one JSON object per line in `DIR/metrics.jsonl`):
-- `{"type": "train", "step", "loss", "lr", "grad_norm", "depth", "bptt", "tokens", "tokens_per_s",
-   "mfu", "step_ms", "skipped", "time"}`; `step` counts updates done (1-based), `depth` is the
-   sampled n and `bptt` the k steps back-propagated, `skipped` marks a non-finite step that was not
-   applied; non-finite numbers are written as null (strict JSON);
-- `{"type": "eval", "step", "val/<domain>/loss@<n>", "val/<domain>/bpb@<n>", ...}` (loss in nats per
-  scored token; bits per byte of the decoded targets) at each fixed depth n;
+- `{"type": "train", "step", "loss", "lr", "grad_norm", ..., "step_ms", "skipped", "time"}`; `step`
+  counts steps done (1-based), `skipped` marks a non-finite update that was not applied; the stage
+  adds its own numbers: pre-training and SFT `depth` (the sampled n), `bptt` (the k steps
+  back-propagated), `tokens`, `tokens_per_s`, `mfu`; GRPO its rewards, advantages, KL, clipping and
+  timings (`looplm/train/grpo.py`). Non-finite numbers are written as null (strict JSON);
+- `{"type": "eval", "step", ...}`: pre-training and SFT `val/<domain>/loss@<n>`,
+  `val/<domain>/bpb@<n>` (loss in nats per scored token; bits per byte of the decoded targets) at
+  each fixed depth n; GRPO `eval/pass@1`, `eval/pass@<k>`, `eval/n` on held-out prompts;
 - `{"type": "event", "step", "message"}` for starts, resumes, saves and stops.
 On resume the file is cut back to the checkpoint's step, so it reads as one uninterrupted run.
 Only rank 0 logs. Simplification: TensorBoard/W&B get the same flat scalars as the JSONL.
@@ -21,7 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from looplm.config import ConfigError
 
@@ -76,6 +78,7 @@ def _fmt_rate(x: float) -> str:
 
 
 def format_step(rec: dict[str, Any], total: int) -> str:
+    """The line of a pre-training / SFT step record."""
     width = len(str(total))
     mfu = rec.get("mfu")
     parts = [f"step {rec['step']:>{width}}/{total}", f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}",
@@ -91,8 +94,8 @@ class MetricsLogger:
 
     def __init__(self, out: Path, enabled: bool, total_steps: int, start_step: int, run_config: dict[str, Any],
                  tensorboard: bool = False, wandb: bool = False, progress: bool = True, log_every: int = 1,
-                 stage: str = "train"):
-        self.enabled, self.total, self.log_every = enabled, total_steps, log_every
+                 stage: str = "train", line: Callable[[dict[str, Any], int], str] = format_step):
+        self.enabled, self.total, self.log_every, self.line = enabled, total_steps, log_every, line
         self._file = self._tb = self._wandb = self._bar = None
         if not enabled:
             return
@@ -139,24 +142,17 @@ class MetricsLogger:
         self._write(rec)
         if self._bar is not None:
             self._bar.update(1)
-            self._bar.set_postfix(loss=f"{rec['loss']:.4f}", n=rec["depth"], refresh=False)
+            depth = {"n": rec["depth"]} if "depth" in rec else {}
+            self._bar.set_postfix(loss=f"{rec['loss']:.4f}", **depth, refresh=False)
         if rec["step"] % self.log_every == 0 or rec.get("skipped") or rec["step"] == self.total:
-            self.print(format_step(rec, self.total))
+            self.print(self.line(rec, self.total))
 
-    def eval(self, step: int, results: dict[str, dict[int, dict[str, float]]]) -> None:
-        """`results[domain][depth] = {"loss", "bpb", ...}`."""
+    def eval(self, step: int, metrics: dict[str, float], text: str) -> None:
+        """An evaluation's flat `metrics` (one record) and its printed `text`."""
         if not self.enabled:
             return
-        rec: dict[str, Any] = {"type": "eval", "step": step}
-        lines = []
-        for domain, by_depth in results.items():
-            for n, r in by_depth.items():
-                rec[f"val/{domain}/loss@{n}"] = r["loss"]
-                rec[f"val/{domain}/bpb@{n}"] = r["bpb"]
-            lines.append(f"  {domain:>8}: " + "  ".join(f"n={n}: loss {r['loss']:.4f} bpb {r['bpb']:.3f}"
-                                                      for n, r in by_depth.items()))
-        self._write({**rec, "time": time.time()})
-        self.print(f"eval @ step {step}\n" + "\n".join(lines))
+        self._write({"type": "eval", "step": step, **metrics, "time": time.time()})
+        self.print(f"eval @ step {step}\n{text}")
 
     def event(self, step: int, message: str) -> None:
         if not self.enabled:
@@ -175,6 +171,15 @@ class MetricsLogger:
             self._wandb.finish()
 
 
-def evals_to_json(evals: dict) -> dict:
-    """results[domain][depth] -> the same with string depths (for checkpoint meta)."""
-    return {dom: {str(n): r for n, r in by.items()} for dom, by in evals.items()}
+def lm_eval_metrics(results: dict[str, dict[int, dict[str, float]]]) -> tuple[dict[str, float], str]:
+    """`results[domain][depth] = {"loss", "bpb", ...}` as flat metrics `val/<domain>/loss@<n>`,
+    `val/<domain>/bpb@<n>` and one printed line per domain."""
+    metrics: dict[str, float] = {}
+    lines = []
+    for domain, by_depth in results.items():
+        for n, r in by_depth.items():
+            metrics[f"val/{domain}/loss@{n}"] = r["loss"]
+            metrics[f"val/{domain}/bpb@{n}"] = r["bpb"]
+        lines.append(f"  {domain:>8}: " + "  ".join(f"n={n}: loss {r['loss']:.4f} bpb {r['bpb']:.3f}"
+                                                  for n, r in by_depth.items()))
+    return metrics, "\n".join(lines)

@@ -1,14 +1,14 @@
 """`looplm pretrain`: language-model pre-training of a RecursiveCausalLM on a token-shard directory,
 with sampled recurrence depth and truncated backprop through the core.
 
-One explicit loop (`train`): per update, draw the depth n (Huginn sampler, keyed by step) and
-k = min(n, bptt_steps); for each of `grad_accum` micro-batches draw random windows of seq_len + 1
-tokens (generator keyed by seed, step and micro-batch; rank r takes its rows of the global batch),
-forward n steps with gradients through the last k, backward; then clip, skip the update if the
-loss or gradient is non-finite, else AdamW with warmup + cosine. Every `eval_every` updates: loss
-and bits per byte per validation domain at fixed depths; every `save_every` and at the end: an
-atomic checkpoint (newest `keep` kept) plus `final/` weights. SIGTERM/SIGINT save and exit with
-128 + signal number; `max_bad_steps` non-finite updates in a row stop with exit code 3.
+The stage (`PretrainStage`) of the shared loop (`looplm/train/loop.py`, which does the optimizer,
+schedule, resume, guard, signals, evaluation/checkpoint cadence and logs): per update, draw the
+depth n (Huginn sampler, keyed by step) and k = min(n, bptt_steps); for each of `grad_accum`
+micro-batches draw random windows of seq_len + 1 tokens (generator keyed by seed, step and
+micro-batch; rank r takes its rows of the global batch), forward n steps with gradients through
+the last k, backward (`looplm/train/lm_stage.py`). Evaluation: loss and bits per byte per
+validation domain at fixed depths. SIGTERM/SIGINT save and exit with 128 + signal number;
+`max_bad_steps` non-finite updates in a row stop with exit code 3.
 
 Sources of the weights: a fresh model from `--preset` (+ `--set` overrides, seeded by `--seed`), a
 checkpoint (`--init`, fresh optimizer at step 0), or `--resume` (newest checkpoint in `--out`:
@@ -17,7 +17,8 @@ train shards must be the same). The tokenizer is the data directory's (or the ch
 must then equal the data's by sha256). `--max-minutes` is a training-time budget (wall clock of
 the loop, summed over resumes): the cosine follows elapsed / budget when that runs ahead of
 step / steps, and reaching the budget ends training as reaching `--steps` does (final evaluation,
-checkpoint and `final/`).
+checkpoint and `final/`). `--config RUN/run_config.json` replays a run's options (those given
+on the command line win).
 
 Simplification: the data stream is random windows (with replacement) over the train tokens, not
 epochs; "tokens seen" is updates x batch_size x seq_len x grad_accum.
@@ -26,15 +27,13 @@ epochs; "tokens seen" is updates x batch_size x seq_len x grad_accum.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from looplm.train.args import add_config_args, config_from_args, config_to_dict, need, need_str, opt_field
-from looplm.train.loop_config import RESUME_FREE, LoopConfig
-
-EXIT_DIVERGED = 3
+from looplm.train.args import need, need_str, opt_field
+from looplm.train.lm_stage import LMBatch, LMStage
+from looplm.train.loop_config import RESUME_FREE, LoopConfig, add_stage_parser, stage_main
 
 
 @dataclass
@@ -58,26 +57,22 @@ class PretrainConfig(LoopConfig):
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "pretrain", help="pre-train a model on a token-shard directory (sampled depth, truncated backprop)",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
-        epilog="Multi-process: torchrun --nproc_per_node=N -m looplm pretrain ... (gloo on CPU, NCCL on GPU). "
-               "Exit codes: 0 done, 3 stopped on non-finite updates, 128+signal when stopped by a signal.")
-    add_config_args(p, PretrainConfig, required=("data", "out"))
-    p.set_defaults(func=main)
-    return p
+    return add_stage_parser(
+        subparsers, "pretrain", PretrainConfig, ("data", "out"), main,
+        help="pre-train a model on a token-shard directory (sampled depth, truncated backprop)",
+        description=__doc__.split("\n\n")[1].replace("\n", " "))
 
 
 def main(args: argparse.Namespace | PretrainConfig) -> int:
     """CLI entry (also callable with a PretrainConfig): returns the exit code."""
-    from looplm.train.common import TrainingDiverged
+    return stage_main(PretrainConfig, args, train, "pretrain")
 
-    cfg = args if isinstance(args, PretrainConfig) else config_from_args(PretrainConfig, args)
-    try:
-        return train(cfg)["exit_code"]
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
+
+def train(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run (or resume) pre-training; returns {"exit_code", "step", "loss", "checkpoint", "final", ...}."""
+    from looplm.train.loop import run
+
+    return run(PretrainStage(cfg))
 
 
 # ---------------------------------------------------------------------------------------- setup
@@ -94,36 +89,6 @@ def data_fingerprint(data: Any) -> str:
     import json
 
     return hashlib.sha256(json.dumps([s["sha256"] for s in data.manifest["train"]["shards"]]).encode()).hexdigest()
-
-
-def load_start(cfg: PretrainConfig, data: Any) -> tuple[Any, Any, Any, str]:
-    """(model, tokenizer, train_state or None, origin) for a fresh, --init or --resume start."""
-    import torch
-
-    from looplm.checkpoint import load_checkpoint, load_train_state
-    from looplm.model import RecursiveCausalLM
-    from looplm.tokenizer import Tokenizer
-    from looplm.train import rundir as R
-
-    out = Path(cfg.out)
-    if cfg.resume:
-        ckpt = R.newest_resumable(out)
-        state = load_train_state(ckpt)
-        diffs = R.config_differences(state["config"], config_to_dict(cfg), RESUME_FREE)
-        if diffs:
-            raise R.ResumeError(f"--resume: {ckpt} was trained with a different config ({'; '.join(diffs)}); "
-                                f"resume with the same options or start a new --out")
-        model, tok, meta = load_checkpoint(ckpt)
-        R.check_same_data(meta, data_fingerprint(data), ckpt)
-        return model, tok, state, str(ckpt)
-    R.check_fresh_out(out)
-    if cfg.init:
-        ckpt = R.resolve_init(cfg.init)
-        model, tok, _ = load_checkpoint(ckpt)
-        return model, tok, None, str(ckpt)
-    tok = Tokenizer.load(data.directory)
-    torch.manual_seed(cfg.seed)
-    return RecursiveCausalLM(model_config(cfg)), tok, None, f"preset {cfg.preset or 'tiny'}"
 
 
 def check_inputs(cfg: PretrainConfig, data: Any, tok: Any, model_cfg: Any, origin: str, world: int) -> None:
@@ -166,116 +131,59 @@ def val_batches(cfg: PretrainConfig, data: Any, d: Any) -> dict[str, list]:
     return out
 
 
-# ------------------------------------------------------------------------------------------ loop
-def train(cfg: PretrainConfig) -> dict[str, Any]:
-    """Run (or resume) pre-training; returns {"exit_code", "step", "loss", "checkpoint", "final", ...}."""
-    from looplm.train import common as C
-    from looplm.train.logger import check_backends
+# ------------------------------------------------------------------------------------------ stage
+class PretrainStage(LMStage):
+    """Random token windows of the data directory; the model from --preset (+ --set) or --init."""
 
-    check_backends(cfg.tensorboard, cfg.wandb)
-    d = C.setup_distributed(cfg.device, cfg.threads, need_group=cfg.fsdp)
-    try:
-        return _train(cfg, d)
-    finally:
-        C.teardown_distributed(d)
+    name = "pretrain"
+    resume_free = RESUME_FREE
 
+    def __init__(self, cfg: PretrainConfig):
+        super().__init__(cfg)
+        self._data: Any = None
 
-def _train(cfg: PretrainConfig, d: Any) -> dict[str, Any]:
-    import signal
-    import time
+    @property
+    def data(self) -> Any:
+        from looplm.data.shards import PretrainData
 
-    import torch
+        if self._data is None:
+            self._data = PretrainData.open(self.cfg.data)
+        return self._data
 
-    from looplm.checkpoint import restore_rng_state
-    from looplm.data.shards import PretrainData
-    from looplm.train import common as C
-    from looplm.train import rundir as R
-    from looplm.train.logger import MetricsLogger, evals_to_json, truncate_metrics
+    def load(self) -> tuple[Any, Any, str]:
+        import torch
 
-    # ---- inputs, all checked before the first update
-    data = PretrainData.open(cfg.data)
-    raw, tok, state, origin = load_start(cfg, data)
-    check_inputs(cfg, data, tok, raw.config, origin, d.world_size)
-    mcfg, out = raw.config, Path(cfg.out)
-    model, params, opt, start, bad = C.prepare_model(raw, cfg, d, state)
-    peak = cfg.peak_flops or C.measure_peak_flops(d.device, cfg.bf16)
-    token_bytes = torch.from_numpy(C.token_byte_lengths(tok, mcfg.vocab_size)).to(d.device)
-    val = val_batches(cfg, data, d)
-    depths = C.eval_depths(cfg.eval_depths, mcfg.recurrence, mcfg.max_steps)
-    mean_steps = cfg.mean_steps or float(mcfg.recurrence)
-    fixed = min(cfg.fixed_depth or mcfg.recurrence, mcfg.max_steps)
-    tokens_per_update = cfg.batch_size * cfg.seq_len * cfg.grad_accum  # global; every target is scored
-    meta = {"stage": "pretrain", "tokenizer_sha256": tok.sha256(), "data": str(cfg.data),
-            "data_fingerprint": data_fingerprint(data), "origin": origin}
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        R.write_run_config(out, config_to_dict(cfg))
-        if state is not None:
-            truncate_metrics(out / R.METRICS, start)
-    log = MetricsLogger(out, d.main, cfg.steps, start, config_to_dict(cfg), cfg.tensorboard, cfg.wandb,
-                        cfg.progress, cfg.log_every, stage="pretrain")
-    log.event(start, f"pretrain {'resumed from' if state else 'from'} {origin}: step {start}/{cfg.steps}, "
-                     f"{sum(p.numel() for p in params):,} trained parameters, {d.world_size} rank(s) x {d.threads} "
-                     f"thread(s) on {d.device}, {tokens_per_update} tokens/update, peak {peak / 1e9:.1f} GFLOP/s/rank")
-    if state is not None:
-        restore_rng_state(state["rng"])
-    nan_steps = C.nan_test_steps()
-    last_ckpt = origin if state is not None else None
-    evals: dict[str, Any] = {}
+        from looplm.checkpoint import load_checkpoint
+        from looplm.model import RecursiveCausalLM
+        from looplm.tokenizer import Tokenizer
+        from looplm.train import rundir as R
 
-    # ---- the loop: one iteration = one optimizer update
-    step, loss, exit_code = start, float("nan"), 0
-    seconds = float(state.get("train_seconds", 0.0)) if state is not None else 0.0  # training time so far
-    budget = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
-    t_begin = time.perf_counter() - seconds
-    with R.StopSignals() as stop:
-        while step < cfg.steps:
-            t0 = time.perf_counter()
-            n = (C.sample_depth(cfg.seed, step, mean_steps, cfg.depth_sigma, mcfg.max_steps, cfg.deep_fraction)
-                 if cfg.sample_depth else fixed)
-            k = min(n, cfg.bptt_steps)
-            lr = C.lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio, seconds / budget if budget else 0.0)
-            C.set_lr(opt, lr)
-            micro = []
-            for m in range(cfg.grad_accum):
-                rows = C.rank_rows(data.sample_batch(cfg.batch_size, cfg.seq_len, C.step_rng(cfg.seed, step, m)), d)
-                micro.append(C.to_device_batch(rows[:, :-1], rows[:, 1:], d.device))  # [B/W, T] each
-            local = C.accumulate(model, micro, n, k, tokens_per_update, d, cfg.bf16, poison=step in nan_steps)
-            elapsed = time.perf_counter() - t_begin  # wall clock of the loop (evaluations and saves included)
-            flags = [stop.signum is not None, budget is not None and elapsed >= budget]
-            loss, gnorm, ok, (signalled, timed_out), (seconds,) = C.finish_update(
-                model, opt, params, local, tokens_per_update, flags, cfg.grad_clip, d, [elapsed])
-            bad = 0 if ok else bad + 1
-            C.sync(d.device)
-            dt = time.perf_counter() - t0
-            step += 1
-            flops = C.train_flops_per_token(mcfg, n, k, cfg.seq_len) * tokens_per_update
-            log.train({"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "depth": n, "bptt": k,
-                       "tokens": step * tokens_per_update, "tokens_per_s": tokens_per_update / dt,
-                       "mfu": flops / dt / (peak * d.world_size), "step_ms": 1e3 * dt, "skipped": not ok})
-            if bad >= cfg.max_bad_steps:
-                log.close()
-                raise C.TrainingDiverged(
-                    f"{bad} updates in a row had a non-finite loss or gradient (last: update {step}, loss {loss}, "
-                    f"grad norm {gnorm}); none of them was applied. Last good checkpoint: "
-                    f"{last_ckpt or 'none saved yet'}. Lower --lr, raise --warmup or check the data, then --resume.")
-            done = step == cfg.steps or (timed_out and not signalled)
-            if not signalled and (cfg.eval_every and step % cfg.eval_every == 0 or done):
-                evals = C.evaluate(model, raw, val, depths, token_bytes, cfg.bf16, d)
-                log.eval(step, evals)
-            if signalled or done or step % cfg.save_every == 0:
-                saved = C.save_training(out, step, model, raw, opt, tok, cfg, {**meta, "eval": evals_to_json(evals)},
-                                        bad, done, d, seconds)
-                last_ckpt = str(saved) if saved else last_ckpt
-                log.event(step, f"saved {saved}" + (f" and {out / R.FINAL}" if done else ""))
-            if signalled:
-                exit_code = 128 + (stop.signum or signal.SIGTERM)
-                log.event(step, f"stopped by a signal at update {step} (exit code {exit_code}); continue with --resume")
-                break
-            if done and step < cfg.steps:
-                log.event(step, f"time limit of {cfg.max_minutes} min reached at update {step}/{cfg.steps}")
-                break
-    log.close()
-    return {"exit_code": exit_code, "step": step, "loss": loss, "checkpoint": last_ckpt,
-            "final": str(out / R.FINAL) if exit_code == 0 and step > start else None, "eval": evals}
+        cfg, data = self.cfg, self.data
+        if cfg.init:
+            ckpt = R.resolve_init(cfg.init)
+            model, tok, _ = load_checkpoint(ckpt)
+            return model, tok, str(ckpt)
+        tok = Tokenizer.load(data.directory)
+        torch.manual_seed(cfg.seed)
+        return RecursiveCausalLM(model_config(cfg)), tok, f"preset {cfg.preset or 'tiny'}"
 
+    def setup(self, raw: Any, tok: Any, origin: str, d: Any) -> tuple[dict[str, Any], str]:
+        cfg = self.cfg
+        check_inputs(cfg, self.data, tok, raw.config, origin, d.world_size)
+        self.prepare(raw, tok, d)
+        self.val = val_batches(cfg, self.data, d)
+        self.tokens_per_update = cfg.batch_size * cfg.seq_len * cfg.grad_accum  # global; every target is scored
+        meta = {"data": str(cfg.data), "data_fingerprint": data_fingerprint(self.data)}
+        return meta, f"{self.tokens_per_update} tokens/update, peak {self.peak / 1e9:.1f} GFLOP/s/rank"
+
+    def batch(self, model: Any, raw: Any, step: int, d: Any) -> LMBatch:
+        from looplm.train import common as C
+
+        cfg, tpu = self.cfg, self.tokens_per_update
+        n, k = self.depth(step)
+        micro = []
+        for m in range(cfg.grad_accum):
+            rows = C.rank_rows(self.data.sample_batch(cfg.batch_size, cfg.seq_len, C.step_rng(cfg.seed, step, m)), d)
+            micro.append(C.to_device_batch(rows[:, :-1], rows[:, 1:], d.device))  # [B/W, T] each
+        return LMBatch(micro, n, k, targets=tpu, tokens=tpu, flops=self.train_flops(n, k, cfg.seq_len, tpu),
+                       numbers={"tokens": (step + 1) * tpu})

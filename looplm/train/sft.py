@@ -18,8 +18,9 @@ epoch, a pure function of (seed, update, micro-batch), so `--resume` is exact. T
 is the sum over its scored targets divided by their number (over all micro-batches and ranks).
 
 Depth: fixed (`--fixed-depth`, default the model's recurrence) unless `--sample-depth` (the same
-Huginn sampler as pre-training). Everything else (optimizer, schedule, checkpoints, resume, signals,
-NaN guard, logging, DDP/FSDP, bf16, compile) is shared with `looplm pretrain`.
+Huginn sampler as pre-training). `SFTStage` is a stage of the shared loop (`looplm/train/loop.py`):
+optimizer, schedule, checkpoints, resume, signals, NaN guard, logging, DDP/FSDP, bf16, compile and
+`--config FILE` are those of `looplm pretrain`.
 
 Simplification: padding, not packing (the model takes a key-padding mask but no block-diagonal
 document mask, so packed rows would attend across examples).
@@ -29,17 +30,16 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from looplm.train.args import config_from_args, config_to_dict, need, need_str, opt_field
+from looplm.train.args import need, need_str, opt_field
+from looplm.train.lm_stage import LMBatch, LMStage
 from looplm.train.loop_config import RESUME_FREE as LOOP_RESUME_FREE
-from looplm.train.loop_config import LoopConfig
-from looplm.train.pretrain import EXIT_DIVERGED
+from looplm.train.loop_config import LoopConfig, add_stage_parser, stage_main
 
 REPLAY_DOMAIN = "replay"
 PAD_MULTIPLE = 32
@@ -64,7 +64,7 @@ class SFTConfig(LoopConfig):
                                           "--fixed-depth")
     eval_every: int = opt_field(100, "evaluate on --val-data every N updates (and at the end; 0 = only at the end)")
     eval_batches: int = opt_field(4, "validation batches per domain")
-    save_every: int = opt_field(250, "checkpoint every N updates (and at the end)")
+    save_every: int = opt_field(250, "checkpoint every N updates (and at the end; 0 = only at the end)")
 
     def validate(self) -> None:
         super().validate()
@@ -79,29 +79,24 @@ RESUME_FREE = LOOP_RESUME_FREE | {"val_data"}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from looplm.train.args import add_config_args
-
-    p = subparsers.add_parser(
-        "sft", help="supervised fine-tuning on chat prompt/response pairs (loss on responses only)",
+    return add_stage_parser(
+        subparsers, "sft", SFTConfig, ("data", "init", "out"), main,
+        help="supervised fine-tuning on chat prompt/response pairs (loss on responses only)",
         description="Fine-tune a checkpoint on a JSONL file of {prompt, response, domain} rows in the chat "
                     "template, with the loss on response tokens only; same loop, checkpoints, resume and "
-                    "logging as `looplm pretrain`.",
-        epilog="Exit codes: 0 done, 3 stopped on non-finite updates, 128+signal when stopped by a signal.")
-    add_config_args(p, SFTConfig, required=("data", "init", "out"))
-    p.set_defaults(func=main)
-    return p
+                    "logging as `looplm pretrain`.")
 
 
 def main(args: argparse.Namespace | SFTConfig) -> int:
     """CLI entry (also callable with an SFTConfig): returns the exit code."""
-    from looplm.train.common import TrainingDiverged
+    return stage_main(SFTConfig, args, train, "sft")
 
-    cfg = args if isinstance(args, SFTConfig) else config_from_args(SFTConfig, args)
-    try:
-        return train(cfg)["exit_code"]
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
+
+def train(cfg: SFTConfig) -> dict[str, Any]:
+    """Run (or resume) SFT; returns {"exit_code", "step", "loss", "checkpoint", "final", "eval", "last"}."""
+    from looplm.train.loop import run
+
+    return run(SFTStage(cfg))
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -181,148 +176,53 @@ def val_batches(cfg: SFTConfig, examples: list[Example], pad_id: int, d: Any) ->
     return out
 
 
-# ------------------------------------------------------------------------------------------ loop
-def train(cfg: SFTConfig) -> dict[str, Any]:
-    """Run (or resume) SFT; returns {"exit_code", "step", "loss", "checkpoint", "final", "eval"}."""
-    from looplm.train import common as C
-    from looplm.train.logger import check_backends
+# ------------------------------------------------------------------------------------------ stage
+class SFTStage(LMStage):
+    """Encoded rows of the SFT source in seeded epoch order; the model from --init."""
 
-    check_backends(cfg.tensorboard, cfg.wandb)
-    d = C.setup_distributed(cfg.device, cfg.threads, need_group=cfg.fsdp)
-    try:
-        return _train(cfg, d)
-    finally:
-        C.teardown_distributed(d)
+    name = "sft"
+    resume_free = RESUME_FREE
 
+    def load(self) -> tuple[Any, Any, str]:
+        from looplm.checkpoint import load_checkpoint
+        from looplm.train import rundir as R
 
-def load_start(cfg: SFTConfig) -> tuple[Any, Any, Any, str]:
-    from looplm.checkpoint import load_checkpoint, load_train_state
-    from looplm.data.rowsets import source_fingerprint
-    from looplm.train import rundir as R
+        ckpt = R.resolve_init(self.cfg.init)
+        model, tok, _ = load_checkpoint(ckpt)
+        return model, tok, str(ckpt)
 
-    out = Path(cfg.out)
-    if cfg.resume:
-        ckpt = R.newest_resumable(out)
-        state = load_train_state(ckpt)
-        diffs = R.config_differences(state["config"], config_to_dict(cfg), RESUME_FREE)
-        if diffs:
-            raise R.ResumeError(f"--resume: {ckpt} was trained with a different config ({'; '.join(diffs)}); "
-                                f"resume with the same options or start a new --out")
-        model, tok, meta = load_checkpoint(ckpt)
-        R.check_same_data(meta, source_fingerprint(cfg.data), ckpt)
-        return model, tok, state, str(ckpt)
-    R.check_fresh_out(out)
-    ckpt = R.resolve_init(cfg.init)
-    model, tok, _ = load_checkpoint(ckpt)
-    return model, tok, None, str(ckpt)
+    def setup(self, raw: Any, tok: Any, origin: str, d: Any) -> tuple[dict[str, Any], str]:
+        from looplm.config import ConfigError
+        from looplm.data.rowsets import source_fingerprint
 
+        cfg, mcfg = self.cfg, raw.config
+        if cfg.seq_len > mcfg.max_seq_len:
+            raise ConfigError(f"SFTConfig.seq_len={cfg.seq_len} exceeds the model context max_seq_len="
+                              f"{mcfg.max_seq_len} of {origin} (option --seq-len)")
+        if cfg.batch_size % d.world_size:
+            raise ConfigError(f"SFTConfig.batch_size={cfg.batch_size} must be divisible by the world size "
+                              f"{d.world_size} (option --batch-size)")
+        self.examples = encode_rows(cfg.data, tok, cfg.seq_len)
+        self.val = val_batches(cfg, encode_rows(cfg.val_data, tok, cfg.seq_len), tok.pad_id, d) if cfg.val_data else {}
+        self.pad_id = tok.pad_id
+        self.prepare(raw, tok, d)
+        meta = {"data": str(cfg.data), "data_fingerprint": source_fingerprint(cfg.data)}
+        return meta, f"{len(self.examples)} examples"
 
-def _train(cfg: SFTConfig, d: Any) -> dict[str, Any]:
-    import signal
-    import time
+    def batch(self, model: Any, raw: Any, step: int, d: Any) -> LMBatch:
+        from looplm.train import common as C
 
-    import torch
-
-    from looplm.checkpoint import restore_rng_state
-    from looplm.config import ConfigError
-    from looplm.data.rowsets import source_fingerprint
-    from looplm.train import common as C
-    from looplm.train import rundir as R
-    from looplm.train.logger import MetricsLogger, evals_to_json, truncate_metrics
-
-    # ---- inputs, all checked before the first update
-    raw, tok, state, origin = load_start(cfg)
-    mcfg, out = raw.config, Path(cfg.out)
-    if cfg.seq_len > mcfg.max_seq_len:
-        raise ConfigError(f"SFTConfig.seq_len={cfg.seq_len} exceeds the model context max_seq_len={mcfg.max_seq_len} "
-                          f"of {origin} (option --seq-len)")
-    if cfg.batch_size % d.world_size:
-        raise ConfigError(f"SFTConfig.batch_size={cfg.batch_size} must be divisible by the world size {d.world_size} "
-                          f"(option --batch-size)")
-    examples = encode_rows(cfg.data, tok, cfg.seq_len)
-    val = val_batches(cfg, encode_rows(cfg.val_data, tok, cfg.seq_len), tok.pad_id, d) if cfg.val_data else {}
-    model, params, opt, start, bad = C.prepare_model(raw, cfg, d, state)
-    peak = cfg.peak_flops or C.measure_peak_flops(d.device, cfg.bf16)
-    token_bytes = torch.from_numpy(C.token_byte_lengths(tok, mcfg.vocab_size)).to(d.device)
-    depths = C.eval_depths(cfg.eval_depths, mcfg.recurrence, mcfg.max_steps)
-    mean_steps = cfg.mean_steps or float(mcfg.recurrence)
-    fixed = min(cfg.fixed_depth or mcfg.recurrence, mcfg.max_steps)
-    meta = {"stage": "sft", "tokenizer_sha256": tok.sha256(), "data": str(cfg.data),
-            "data_fingerprint": source_fingerprint(cfg.data), "origin": origin}
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        R.write_run_config(out, config_to_dict(cfg))
-        if state is not None:
-            truncate_metrics(out / R.METRICS, start)
-    log = MetricsLogger(out, d.main, cfg.steps, start, config_to_dict(cfg), cfg.tensorboard, cfg.wandb,
-                        cfg.progress, cfg.log_every, stage="sft")
-    log.event(start, f"sft {'resumed from' if state else 'from'} {origin}: step {start}/{cfg.steps}, "
-                     f"{len(examples)} examples, {sum(p.numel() for p in params):,} trained parameters, "
-                     f"{d.world_size} rank(s) x {d.threads} thread(s) on {d.device}")
-    if state is not None:
-        restore_rng_state(state["rng"])
-    nan_steps = C.nan_test_steps()
-    last_ckpt = origin if state is not None else None
-    evals: dict[str, Any] = {}
-    seen = start * cfg.batch_size * cfg.grad_accum
-
-    # ---- the loop: one iteration = one optimizer update
-    step, loss, exit_code = start, float("nan"), 0
-    seconds = float(state.get("train_seconds", 0.0)) if state is not None else 0.0  # training time so far
-    budget = 60 * cfg.max_minutes if cfg.max_minutes is not None else None
-    t_begin = time.perf_counter() - seconds
-    with R.StopSignals() as stop:
-        while step < cfg.steps:
-            t0 = time.perf_counter()
-            n = (C.sample_depth(cfg.seed, step, mean_steps, cfg.depth_sigma, mcfg.max_steps, cfg.deep_fraction)
-                 if cfg.sample_depth else fixed)
-            k = min(n, cfg.bptt_steps)
-            lr = C.lr_at(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio, seconds / budget if budget else 0.0)
-            C.set_lr(opt, lr)
-            micro, n_targets, n_tokens = [], 0, 0
-            for m in range(cfg.grad_accum):
-                rows = batch_rows(len(examples), cfg.seed, step, m, cfg.grad_accum, cfg.batch_size)
-                x, y = make_batch([examples[i] for i in rows], tok.pad_id, cfg.seq_len)  # global [B, L]
-                n_targets += int((y != IGNORE).sum())
-                n_tokens += x.size
-                micro.append(C.to_device_batch(C.rank_rows(x, d), C.rank_rows(y, d), d.device))
-            local = C.accumulate(model, micro, n, k, n_targets, d, cfg.bf16, poison=step in nan_steps)
-            elapsed = time.perf_counter() - t_begin  # wall clock of the loop (evaluations and saves included)
-            flags = [stop.signum is not None, budget is not None and elapsed >= budget]
-            loss, gnorm, ok, (signalled, timed_out), (seconds,) = C.finish_update(
-                model, opt, params, local, n_targets, flags, cfg.grad_clip, d, [elapsed])
-            bad = 0 if ok else bad + 1
-            C.sync(d.device)
-            dt = time.perf_counter() - t0
-            step += 1
-            seen += cfg.batch_size * cfg.grad_accum
-            flops = C.train_flops_per_token(mcfg, n, k, micro[0][0].shape[1]) * n_tokens
-            log.train({"step": step, "loss": loss, "lr": lr, "grad_norm": gnorm, "depth": n, "bptt": k,
-                       "tokens": n_tokens, "response_tokens": n_targets, "examples": seen,
-                       "epoch": seen / len(examples), "tokens_per_s": n_tokens / dt,
-                       "mfu": flops / dt / (peak * d.world_size), "step_ms": 1e3 * dt, "skipped": not ok})
-            if bad >= cfg.max_bad_steps:
-                log.close()
-                raise C.TrainingDiverged(
-                    f"{bad} updates in a row had a non-finite loss or gradient (last: update {step}, loss {loss}, "
-                    f"grad norm {gnorm}); none of them was applied. Last good checkpoint: "
-                    f"{last_ckpt or 'none saved yet'}. Lower --lr, raise --warmup or check the data, then --resume.")
-            done = step == cfg.steps or (timed_out and not signalled)
-            if val and not signalled and (cfg.eval_every and step % cfg.eval_every == 0 or done):
-                evals = C.evaluate(model, raw, val, depths, token_bytes, cfg.bf16, d)
-                log.eval(step, evals)
-            if signalled or done or step % cfg.save_every == 0:
-                saved = C.save_training(out, step, model, raw, opt, tok, cfg, {**meta, "eval": evals_to_json(evals)},
-                                        bad, done, d, seconds)
-                last_ckpt = str(saved) if saved else last_ckpt
-                log.event(step, f"saved {saved}" + (f" and {out / R.FINAL}" if done else ""))
-            if signalled:
-                exit_code = 128 + (stop.signum or signal.SIGTERM)
-                log.event(step, f"stopped by a signal at update {step} (exit code {exit_code}); continue with --resume")
-                break
-            if done and step < cfg.steps:
-                log.event(step, f"time limit of {cfg.max_minutes} min reached at update {step}/{cfg.steps}")
-                break
-    log.close()
-    return {"exit_code": exit_code, "step": step, "loss": loss, "checkpoint": last_ckpt,
-            "final": str(out / R.FINAL) if exit_code == 0 and step > start else None, "eval": evals}
+        cfg = self.cfg
+        n, k = self.depth(step)
+        micro, n_targets, n_tokens = [], 0, 0
+        for m in range(cfg.grad_accum):
+            rows = batch_rows(len(self.examples), cfg.seed, step, m, cfg.grad_accum, cfg.batch_size)
+            x, y = make_batch([self.examples[i] for i in rows], self.pad_id, cfg.seq_len)  # global [B, L]
+            n_targets += int((y != IGNORE).sum())
+            n_tokens += x.size
+            micro.append(C.to_device_batch(C.rank_rows(x, d), C.rank_rows(y, d), d.device))
+        seen = (step + 1) * cfg.batch_size * cfg.grad_accum
+        return LMBatch(micro, n, k, targets=n_targets, tokens=n_tokens,
+                       flops=self.train_flops(n, k, micro[0][0].shape[1], n_tokens),
+                       numbers={"tokens": n_tokens, "response_tokens": n_targets, "examples": seen,
+                                "epoch": seen / len(self.examples)})

@@ -35,6 +35,7 @@ import pytest
 import torch
 
 import looplm.train.grpo as G
+import looplm.train.grpo_rollouts as GR
 from looplm.checkpoint import load_checkpoint, save_checkpoint
 from looplm.config import get_preset
 from looplm.model import RecursiveCausalLM
@@ -83,7 +84,7 @@ def rl_rows(rows: list[dict]) -> list[dict]:
 
 def greedy_pass1(ckpt, rows: list[dict], cfg: G.GRPOConfig) -> float:
     model, tok, _ = load_checkpoint(ckpt)
-    return G.evaluate_pass(model, tok, rows, cfg, R)["pass@1"]
+    return GR.pass_counts(model, tok, rows, cfg, R)[0] / len(rows)
 
 
 def run_seed(seed: int, tmp_path, tok) -> dict:
@@ -102,10 +103,11 @@ def run_seed(seed: int, tmp_path, tok) -> dict:
                        eval_every=40, pass_k=2, group_size=8, prompts_per_step=8, max_new_tokens=16, lr=5e-5,
                        beta=0.04, temperature=1.0, steps=40, save_every=0, threads=1, seed=seed, log_every=10)
     r = {"held": greedy_pass1(cfg.init, rl_rows(held), cfg), "train": greedy_pass1(cfg.init, rl_rows(train), cfg)}
-    last = G.train(cfg)
+    last = G.train(cfg)["last"]
     r["held_after"] = greedy_pass1(tmp_path / "grpo" / "final", rl_rows(held), cfg)
     r["train_after"] = greedy_pass1(tmp_path / "grpo" / "final", rl_rows(train), cfg)
-    recs = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    recs = [x for x in map(json.loads, (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines())
+            if x["type"] == "train"]
     r.update(steps=len(recs), kl=last["kl"], in_memory_eval=last["eval/pass@1"], seconds=time.perf_counter() - t_start)
     r["summary"] = (f"seed {seed}: held-out pass@1 {r['held']:.2f} -> {r['held_after']:.2f}; training-prompt pass@1 "
                     f"{r['train']:.2f} -> {r['train_after']:.2f}; final kl {r['kl']:.4f}; {r['seconds']:.0f}s")

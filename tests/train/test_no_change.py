@@ -102,13 +102,13 @@ def grpo_rows(n: int, seed: int) -> list[dict]:
 
 def fake_reward(monkeypatch):
     """Varied rewards from an untrained model: 1 when the completion's length is a multiple of 3."""
-    import looplm.train.grpo as G
+    import looplm.train.grpo_rollouts as GR
 
     def score(text, row, reward, mode):
         r = float(len(text) % 3 == 0)
         return {"reward": r, "answer_correct": r}
 
-    monkeypatch.setattr(G, "score_completion", score)
+    monkeypatch.setattr(GR, "score_completion", score)
 
 
 # ------------------------------------------------------------------------------------ measures
@@ -196,9 +196,11 @@ def run_grpo(base, monkeypatch, name: str, **kw) -> dict:
     G.train(G.GRPOConfig(init=str(ckpt), out=str(out), prompts=prompts, eval_prompts=held, eval_n=3, eval_every=2,
                          pass_k=2, group_size=4, prompts_per_step=2, max_new_tokens=6, lr=1e-2, steps=3, save_every=0,
                          recurrence=2, seed=11, threads=1, **kw))
-    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [{k: r[k] for k in GRPO_KEYS if k in r} for r in recs if "reward_mean" in r]
-    return {"steps": steps, "weights": weight_summary(ckpt, out / "final")}
+    by_step: dict[int, dict] = {}  # a step's train record and its evaluation (if any), merged
+    for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()):
+        if any(k in r for k in GRPO_KEYS):
+            by_step.setdefault(r["step"], {}).update({k: r[k] for k in GRPO_KEYS if k in r})
+    return {"steps": [by_step[s] for s in sorted(by_step)], "weights": weight_summary(ckpt, out / "final")}
 
 
 # ------------------------------------------------------------------------------------ recorded numbers
