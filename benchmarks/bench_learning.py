@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--out", help="save the trained looplm checkpoint here")
+    ap.add_argument("--record", action="store_true",
+                    help="write benchmarks/results/bench_learning-TASK.json (both models) and regenerate RESULTS.md")
     return ap.parse_args(argv)
 
 
@@ -310,6 +312,13 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.record and {"looplm", "gpt"} <= set(results["models"]):
+        from benchmarks.common import write_record
+        from benchmarks.make_results import learning_figures
+
+        write_record(f"bench_learning-{args.task}", learning_figures(results), script=__file__,
+                     info=results["machine"], command=results["command"],
+                     title=f"learning {args.task}: looplm vs a FLOP-matched plain GPT, {args.minutes:g} minutes each")
     return 0
 
 
