@@ -26,6 +26,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from looplm.checkpoint import _move_into_place as move_into_place
 from looplm.hf.bundle import CONFIG_CLASS, MODEL_CLASS, write_bundle
 
 AUTO_MAP = {"AutoConfig": CONFIG_CLASS, "AutoModelForCausalLM": MODEL_CLASS}
@@ -74,22 +75,8 @@ def export_hf(ckpt: str | os.PathLike, out: str | os.PathLike, *, adaptive: bool
         hf_model.save_pretrained(tmp)
         tokenizer.save(tmp)
         write_bundle(tmp)
-        _replace(tmp, dst)
+        move_into_place(tmp, dst)  # the checkpoint writer's atomic swap (old directory set aside, restored on failure)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dst
-
-
-def _replace(tmp: Path, dst: Path) -> None:
-    if not dst.exists():
-        os.rename(tmp, dst)
-        return
-    aside = dst.parent / f".{dst.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.rename(dst, aside)
-    try:
-        os.rename(tmp, dst)
-    except BaseException:
-        os.rename(aside, dst)
-        raise
-    shutil.rmtree(aside)
