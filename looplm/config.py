@@ -174,7 +174,10 @@ class ModelConfig:
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "tiny": ModelConfig(n_prelude=1, n_core=1, n_coda=1, recurrence=4, core_kv="per_step"),
+    # tiny: 2 prelude / 1 core block x R = 2 / 2 coda; a GQA core with anchored keys, W_s = I and
+    # alpha ~ 0.98 (a residual loop with input injection); trials P-Y of benchmarks/LEARNING_LOG.md
+    "tiny": ModelConfig(n_prelude=2, n_core=1, n_coda=2, recurrence=2, core_kv="anchored", core_attn="gqa",
+                        adapter_state_gain=1.0, depth_gate_bias=4.0),
     "small": ModelConfig(
         vocab_size=8192, max_seq_len=1024, d_model=384, n_heads=6, head_dim=64, n_kv_heads=2,
         mlp_hidden=1024, core_mlp_hidden=768, kv_latent_dim=64, rope_dim=32, mod_rank=8,
