@@ -83,10 +83,10 @@ class ModelConfig:
     depth_gate_bias: float = 0.0
     """Initial gate bias b (0 -> alpha = 0.5 at init)."""
     state_init_std: float = 0.0
+    """Training-time noise on s_0 (0 = deterministic s_0 = 0; the design's value is sqrt(2/(5d)))."""
     adapter_state_gain: float = 0.0
     """Initial s-half of the adapter: W_s = gain * I (the state flows from step to step at init), or small
     noise (std init_std) when 0. The e-half always starts as I, so step 0 (s_0 = 0) sees e either way."""
-    """Training-time noise on s_0 (0 = deterministic s_0 = 0; the design's value is sqrt(2/(5d)))."""
     # --- heads ---
     n_spec_heads: int = 4
     """Speculative heads; head k (1-based) predicts token i + 1 + k."""

@@ -103,7 +103,7 @@ def test_per_step_gradients_add_up_to_the_shared_gradient(micro_config, core_kv)
         torch.testing.assert_close(total, g, rtol=1e-9, atol=1e-12, msg=k)
     # everything a step computes is attributed to that step: only the anchored latents (computed once
     # per token, outside the loop) keep a gradient of their own; the halt head gets none
-    once = (".attn.kv_norm.", ".attn.w_dkv.", ".attn.w_kr.") if core_kv == "anchored" else ()
+    once = (".attn.kv_norm.", ".attn.w_dkv.", ".attn.w_kr.", ".attn.w_kv.") if core_kv == "anchored" else ()
     own = {k for k, p in m.core.named_parameters() if p.grad is not None}
     assert own == {k for k in want if any(o in k for o in once)}
     for t in range(4):

@@ -63,7 +63,7 @@ BUDGETS: dict[str, Budget] = {
         model_preset="tiny", model_overrides=(), vocab_size=2048, mix_tokens=2_000_000, clrs_nodes=(4, 5),
         logic_nodes=(4, 6),
         pretrain_steps=500, pretrain_batch=8, pretrain_seq_len=256, pretrain_lr=1e-3, pretrain_warmup=30,
-        mean_steps=3.0, bptt_steps=8,  # E[n] = r̄ + 1 = R = 4, gradients through every step (LEARNING_LOG.md)
+        mean_steps=1.0, bptt_steps=8,  # E[n] = r̄ + 1 = R = 2, gradients through every step (LEARNING_LOG.md)
         sft_sizes=(3000, 1000, 1000), sft_math_sizes=(500, 1000, 166), sft_steps=120, sft_batch=16, sft_lr=1e-3,
         grpo_outcome_steps=20, grpo_process_steps=20, grpo_prompts=400, grpo_prompts_per_step=4, grpo_group=4,
         grpo_max_new=96, grpo_lr=2e-5,

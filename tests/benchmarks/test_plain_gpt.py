@@ -87,7 +87,7 @@ def test_matched_config_grows_with_steps_and_rejects_impossible_targets():
     cfg = get_preset("tiny")
     assert matched_config(cfg, 32, 256).n_layers > matched_config(cfg, 8, 256).n_layers
     # a core-only model with a narrow latent attention over a long context costs less than one plain layer
-    cheap = cfg.replace(n_prelude=0, n_coda=0, n_core=1, kv_latent_dim=8, rope_dim=2, mod_rank=0,
+    cheap = cfg.replace(n_prelude=0, n_coda=0, n_core=1, core_attn="cart_mla", kv_latent_dim=8, rope_dim=2, mod_rank=0,
                         core_mlp_hidden=8, max_seq_len=4096)
     with pytest.raises(ValueError, match="cannot match"):
         matched_config(cheap, 1, 4096)
