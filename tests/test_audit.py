@@ -205,3 +205,17 @@ def test_checkpoint_without_tokenizer(ckpt, tmp_path):
     (bare / "tokenizer.json").unlink()
     with pytest.raises(Exception, match="no tokenizer.json"):
         run_audit(quick(bare))
+
+
+def test_update_shock_window_defaults_to_at_least_four_steps():
+    """R = 2 leaves one judged update inside R, so J defaults to max(R, 4); an explicit J < 3 names the field."""
+    import dataclasses
+
+    from looplm.audit.run import _resolve
+    from looplm.config import get_preset
+
+    cfg = AuditConfig(ckpt="unused")
+    assert _resolve(cfg, get_preset("tiny", recurrence=2))["J"] == 4
+    assert _resolve(cfg, get_preset("tiny", recurrence=8))["J"] == 8
+    with pytest.raises(ConfigError, match=r"AuditConfig\.shock_steps"):
+        _resolve(dataclasses.replace(cfg, shock_steps=2), get_preset("tiny", recurrence=2))

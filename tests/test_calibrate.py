@@ -186,6 +186,17 @@ def test_calibrate_halt_end_to_end(ckpt, tmp_path):
     assert c["mean_exit_block_passes"] == 2 * c["mean_exit_steps"]
 
 
+def test_calibrate_halt_default_grid_follows_the_depth(ckpt, tmp_path):
+    """Unset, the min_steps grid is 1 .. min(3, steps), so a shallow model (R = 2) calibrates by default;
+    an explicit grid beyond the depth is an error that names the field."""
+    kw = dict(init=str(ckpt), data="arith", n=8, max_new_tokens=4, steps=2, taus=(0.9,), epochs=1, batch_size=4,
+              bench_repeats=0, progress=False)
+    res = calibrate_halt(HaltCalibConfig(**kw, report_dir=str(tmp_path / "r")))
+    assert {r["min_steps"] for r in res["sweep"]} == {1, 2}
+    with pytest.raises(ConfigError, match=r"HaltCalibConfig\.min_steps_grid"):
+        calibrate_halt(HaltCalibConfig(**kw, report_dir=str(tmp_path / "r2"), min_steps_grid=(1, 2, 3)))
+
+
 def test_train_spec_cli_end_to_end(ckpt, tmp_path, capsys, small_tokenizer):
     out = tmp_path / "spec"
     rc = cli_main(["train-spec", "--init", str(ckpt), "--out", str(out), "--data", "arith", "--n", "12",

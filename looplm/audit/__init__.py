@@ -9,7 +9,8 @@ inputs `x = w[:, :-1]`, targets `y = w[:, 1:]`. R is the model's training depth 
 
 1. Update shock. From the states s_0..s_D of a D = max(depths)-step run, the relative update of
    every token `u_t = ||s_{t+1} - s_t|| / ||s_t||` for t = 1..D-1 (u_0 is undefined: s_0 = 0).
-   The curve m_t (mean of u_t over tokens) is judged on t = 1..J-1 (J = `shock_steps`, default R):
+   The curve m_t (mean of u_t over tokens) is judged on t = 1..J-1 (J = `shock_steps`, default
+   max(R, 4): a shallow loop, R = 2, has one judged update within R, so it is judged up to 2R):
    `mean` and `std` of m_t across those steps (population std, the report's numbers), and spikes: a
    step t >= 2 with m_t > `spike_factor` x the median of its neighbours m_{t-1}, m_{t+1}. The first
    update is where a contracting loop moves most (s_1 starts from s_0 = 0), so it is not judged:

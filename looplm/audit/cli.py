@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--elastic-n", type=int, default=d.elastic_n, help=f"items per task (default: {d.elastic_n})")
     p.add_argument("--max-new-tokens", type=int, help="generation budget (default: longest reference answer + slack)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default: {d.batch_size}")
-    p.add_argument("--shock-steps", type=int, help="update shock judged on steps t < J (default: R)")
+    p.add_argument("--shock-steps", type=int, help="update shock judged on steps t < J (default: max(R, 4))")
     p.add_argument("--spike-factor", type=float, default=d.spike_factor, help=f"default: {d.spike_factor}")
     p.add_argument("--shock-max-std", type=float, default=d.shock_max_std, help=f"default: {d.shock_max_std}")
     p.add_argument("--min-agreement", type=float, default=d.elastic_min_agreement,

@@ -36,7 +36,7 @@ class AuditConfig:
     elastic_n: int = 32  # items per elastic task
     elastic_max_new_tokens: int | None = None  # None = longest reference answer + slack
     batch_size: int = 32
-    shock_steps: int | None = None  # J: update shock judged on t < J; None = R
+    shock_steps: int | None = None  # J: update shock judged on t < J; None = max(R, 4)
     spike_factor: float = 3.0  # spike: m_t > factor x median(neighbours)
     shock_max_std: float = 0.1  # PASS needs the std of m_2..m_{J-1} <= this
     elastic_min_agreement: float = 0.7  # PASS needs greedy agreement with the R-step run >= this
@@ -144,7 +144,7 @@ def audit_batch(data: str, tokenizer: Any, n: int, T: int, seed: int) -> tuple[A
 def _resolve(cfg: AuditConfig, mc: Any) -> dict[str, int]:
     """R, depths, J, G and T for this model; errors name the field."""
     R = mc.recurrence
-    sizes = {"R": R, "D": R * cfg.depth_multiples[-1], "J": cfg.shock_steps or R, "G": cfg.grad_depth or 2 * R,
+    sizes = {"R": R, "D": R * cfg.depth_multiples[-1], "J": cfg.shock_steps or max(R, 4), "G": cfg.grad_depth or 2 * R,
              "T": cfg.seq_len or min(128, mc.max_seq_len - 1)}
     for name, key in (("depth_multiples", "D"), ("grad_depth", "G")):
         if sizes[key] > mc.max_steps:

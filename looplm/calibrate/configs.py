@@ -47,7 +47,7 @@ class HaltCalibConfig:
     heldout_frac: float = 0.25
     kl_delta: float = 0.1
     target_agreement: float = 0.99
-    min_steps_grid: tuple[int, ...] = (1, 2, 3)
+    min_steps_grid: tuple[int, ...] | None = None  # None = 1 .. min(3, steps)
     taus: tuple[float, ...] = DEFAULT_TAUS
     epochs: int = 30
     lr: float = 0.01
@@ -80,8 +80,9 @@ class HaltCalibConfig:
         check_field(c, "kl_delta", self.kl_delta, self.kl_delta > 0, "> 0")
         check_field(c, "target_agreement", self.target_agreement, 0 < self.target_agreement <= 1, "in (0, 1]")
         check_field(c, "lr", self.lr, self.lr > 0, "> 0")
-        check_field(c, "min_steps_grid", self.min_steps_grid, len(self.min_steps_grid) > 0 and all(
-            isinstance(m, int) and m >= 1 for m in self.min_steps_grid), "a non-empty list of integers >= 1")
+        check_field(c, "min_steps_grid", self.min_steps_grid, self.min_steps_grid is None or (
+            len(self.min_steps_grid) > 0 and all(isinstance(m, int) and m >= 1 for m in self.min_steps_grid)),
+            "a non-empty list of integers >= 1 (or unset: 1 .. min(3, steps))")
         check_field(c, "taus", self.taus, len(self.taus) > 0 and all(0 < t <= 1 for t in self.taus),
                     "a non-empty list of thresholds in (0, 1]")
         check_field(c, "bench_batches", self.bench_batches, all(isinstance(b, int) and b >= 1

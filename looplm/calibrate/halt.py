@@ -207,8 +207,8 @@ def calibrate_halt(cfg: HaltCalibConfig) -> dict[str, Any]:
     mc = model.config
     steps = cfg.steps or mc.recurrence
     check_field("HaltCalibConfig", "steps", steps, steps <= mc.max_steps, f"<= the model's max_steps={mc.max_steps}")
-    check_field("HaltCalibConfig", "min_steps_grid", cfg.min_steps_grid, max(cfg.min_steps_grid) <= steps,
-                f"every value <= steps={steps}")
+    grid_m = cfg.min_steps_grid or tuple(range(1, min(3, steps) + 1))  # unset: 1 .. min(3, steps)
+    check_field("HaltCalibConfig", "min_steps_grid", grid_m, max(grid_m) <= steps, f"every value <= steps={steps}")
     samples = load_samples(cfg.data, cfg.n, cfg.seed, tok)
     check_fits(samples, cfg.max_new_tokens, mc.max_seq_len, f"max_new_tokens={cfg.max_new_tokens}")
     train, held = split_heldout(samples, cfg.heldout_frac, cfg.seed)
@@ -231,7 +231,7 @@ def calibrate_halt(cfg: HaltCalibConfig) -> dict[str, Any]:
                         cfg.train_batch, cfg.seed, cfg.progress)
     changed = check_only_changed(model, snap, HALT_PREFIX)
 
-    grid = sorted({(m, float(t)) for m in cfg.min_steps_grid for t in (*cfg.taus, 1.0)})
+    grid = sorted({(m, float(t)) for m in grid_m for t in (*cfg.taus, 1.0)})
     rows = adaptive_sweep(model, [len(p) for p in held_prompts], [p + c for p, c in zip(held_prompts, held_full)],
                           steps, grid, tok.pad_id, cfg.batch_size, cfg.progress)
     best = choose(rows, cfg.target_agreement)

@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--kl-delta", type=float, default=d.kl_delta, help="label KL bound δ (default: %(default)s)")
     p.add_argument("--steps", type=int, help="full depth (default: the model's recurrence)")
     p.add_argument("--min-steps", type=_ints, default=d.min_steps_grid, metavar="M,M,...",
-                   help="min_steps values to sweep (default: 1,2,3)")
+                   help="min_steps values to sweep (default: 1 .. min(3, steps))")
     p.add_argument("--taus", type=_floats, default=d.taus, metavar="T,T,...", help="thresholds to sweep (1 is added)")
     p.add_argument("--sequences", choices=("greedy", "data"), default=d.sequences,
                    help="label sequences: the model's greedy continuations (default) or the data's responses")
