@@ -3,8 +3,9 @@
 Every field is documented where it is declared. `ModelConfig.validate()` runs on construction and
 raises `ConfigError` naming the bad field and its allowed range. Presets:
 
-- `tiny`: ~0.9M parameters for the whole pipeline on a 2-core CPU: 1 prelude block, 1 core block unrolled
-  R = 4 times, 1 coda block, per-step core K/V (the report's 4/2/4 layout at R = 8 cost about 3x the
+- `tiny`: ~1.2M parameters for the whole pipeline on a 2-core CPU: 2 prelude blocks, 1 grouped-query
+  core block unrolled R = 2 times with keys read once per token from the prelude output, 2 coda
+  blocks, e = norm(prelude(x)) at RMS 0.1 at init (the report's 4/2/4 layout at R = 8 cost about 6x the
   time per update on this CPU; `benchmarks/LEARNING_LOG.md` has the trials);
 - `small`: ~15M parameters, for CPU benchmarks and quick GPU runs;
 - `report-200m`: within 1% of the report's 124.13M physical / 176.29M virtual parameters at R = 8.
@@ -87,6 +88,13 @@ class ModelConfig:
     adapter_state_gain: float = 0.0
     """Initial s-half of the adapter: W_s = gain * I (the state flows from step to step at init), or small
     noise (std init_std) when 0. The e-half always starts as I, so step 0 (s_0 = 0) sees e either way."""
+    e_scale: float = 1.0
+    """Initial gain of the norm on the prelude output, so the RMS of e = norm(prelude(x)) at init: 1 (the
+    design) puts the core and coda on a stream 50x the embedding's scale, where their blocks start as
+    small perturbations; the embedding's scale (init_std) makes them start as a GPT's blocks do."""
+    step_emb_out_gain: float = 1.0
+    """Init std of the step embedding's output layer as a multiple of init_std; 0 starts the step signal at
+    zero (no token-independent offset added to the state at each step until the model learns one)."""
     # --- heads ---
     n_spec_heads: int = 4
     """Speculative heads; head k (1-based) predicts token i + 1 + k."""
@@ -127,10 +135,13 @@ class ModelConfig:
         need("recurrence", self.recurrence <= self.max_steps, f"must be <= max_steps={self.max_steps}")
         need("mod_rank", self.mod_rank <= min(self.d_model, self.kv_latent_dim, self.core_mlp_hidden),
              "must be <= min(d_model, kv_latent_dim, core_mlp_hidden)")
-        for name in ("depth_gate_scale", "rope_theta", "norm_eps", "init_std"):
+        for name in ("depth_gate_scale", "rope_theta", "norm_eps", "init_std", "e_scale"):
             v = getattr(self, name)
             need(name, isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and v == v
                  and v != float("inf"), "must be a finite number > 0")
+        need("step_emb_out_gain", isinstance(self.step_emb_out_gain, (int, float))
+             and not isinstance(self.step_emb_out_gain, bool) and 0 <= self.step_emb_out_gain < 1e6,
+             "must be a finite number >= 0")
         for name in ("depth_gate_bias", "adapter_state_gain"):
             v = getattr(self, name)
             need(name, isinstance(v, (int, float)) and abs(v) < 1e6, "must be a finite number")
@@ -175,9 +186,10 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     # tiny: 2 prelude / 1 core block x R = 2 / 2 coda; a GQA core with anchored keys, W_s = I and
-    # alpha ~ 0.98 (a residual loop with input injection); trials P-Y of benchmarks/LEARNING_LOG.md
+    # alpha ~ 0.98 (a residual loop with input injection), trials P-Y; e at RMS 0.1 and the step signal
+    # from zero, trials F-G (benchmarks/LEARNING_LOG.md)
     "tiny": ModelConfig(n_prelude=2, n_core=1, n_coda=2, recurrence=2, core_kv="anchored", core_attn="gqa",
-                        adapter_state_gain=1.0, depth_gate_bias=4.0),
+                        adapter_state_gain=1.0, depth_gate_bias=4.0, e_scale=0.1, step_emb_out_gain=0.0),
     "small": ModelConfig(
         vocab_size=8192, max_seq_len=1024, d_model=384, n_heads=6, head_dim=64, n_kv_heads=2,
         mlp_hidden=1024, core_mlp_hidden=768, kv_latent_dim=64, rope_dim=32, mod_rank=8,

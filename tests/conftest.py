@@ -37,7 +37,7 @@ def micro_config():
                       n_kv_heads=1, mlp_hidden=64, n_prelude=1, n_coda=1, n_core=2, core_kv="anchored",
                       core_mlp_hidden=48,
                       kv_latent_dim=16, rope_dim=8, mod_rank=2, step_emb_dim=16, recurrence=3,
-                      max_steps=8, n_spec_heads=2)
+                      max_steps=8, n_spec_heads=2, e_scale=1.0, step_emb_out_gain=1.0)  # the design's init
 
 
 @pytest.fixture(scope="session")

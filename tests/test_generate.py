@@ -17,7 +17,8 @@ def make(mode="anchored", seed=0, mixed_halt=False):
     torch.manual_seed(seed)
     m = RecursiveCausalLM(get_preset("tiny", core_kv=mode, vocab_size=256, max_seq_len=96, n_prelude=4, n_core=2,
                                      n_coda=4, recurrence=8, core_attn="cart_mla", adapter_state_gain=0.0,
-                                     depth_gate_bias=0.0)).double()  # the report's 4/2/4 layout and core
+                                     depth_gate_bias=0.0, e_scale=1.0, step_emb_out_gain=1.0)).double()  # the report's
+    # 4/2/4 layout, core and init
     with torch.no_grad():
         for n, p in m.named_parameters():
             if any(k in n for k in ("g_step", "gate_proj")):

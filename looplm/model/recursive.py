@@ -202,6 +202,8 @@ class RecursiveCausalLM(nn.Module):
             elif isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
         nn.init.normal_(self.embed.weight, std=std)
+        self.prelude_norm.weight.fill_(cfg.e_scale)  # the RMS of e at init
+        self.core.step_emb.fc2.weight.mul_(cfg.step_emb_out_gain)  # 0: the step signal starts at zero
         d = cfg.d_model
         self.core.adapter.weight.normal_(std=std)
         self.core.adapter.weight[:, d:] = torch.eye(d)  # step 0 sees e

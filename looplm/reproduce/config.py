@@ -32,6 +32,7 @@ class Budget:
     pretrain_lr: float
     pretrain_warmup: int
     mean_steps: float
+    min_depth: int  # floor of the sampled depth in pre-training and SFT
     bptt_steps: int
     # SFT (three-domain and math-heavy sizes: logic, math, chat)
     sft_sizes: tuple[int, int, int]
@@ -63,7 +64,8 @@ BUDGETS: dict[str, Budget] = {
         model_preset="tiny", model_overrides=(), vocab_size=2048, mix_tokens=2_000_000, clrs_nodes=(4, 5),
         logic_nodes=(4, 6),
         pretrain_steps=500, pretrain_batch=8, pretrain_seq_len=256, pretrain_lr=1e-3, pretrain_warmup=30,
-        mean_steps=1.0, bptt_steps=8,  # E[n] = r̄ + 1 = R = 2, gradients through every step (LEARNING_LOG.md)
+        # r̄ + 1 = R = 2, never 1 step, gradients through every step (benchmarks/LEARNING_LOG.md)
+        mean_steps=1.0, min_depth=2, bptt_steps=8,
         sft_sizes=(3000, 1000, 1000), sft_math_sizes=(500, 1000, 166), sft_steps=120, sft_batch=16, sft_lr=1e-3,
         grpo_outcome_steps=20, grpo_process_steps=20, grpo_prompts=400, grpo_prompts_per_step=4, grpo_group=4,
         grpo_max_new=96, grpo_lr=2e-5,
@@ -73,7 +75,7 @@ BUDGETS: dict[str, Budget] = {
     "report-200m": Budget(
         model_preset="report-200m", model_overrides=(), vocab_size=50304, mix_tokens=60_000_000, clrs_nodes=(4, 5, 10, 11, 12, 15, 19, 23), logic_nodes=(4, 8),
         pretrain_steps=7500, pretrain_batch=32, pretrain_seq_len=256, pretrain_lr=6e-4, pretrain_warmup=500,
-        mean_steps=8.0, bptt_steps=8,
+        mean_steps=8.0, min_depth=1, bptt_steps=8,
         sft_sizes=(10_000, 1_000, 10_000), sft_math_sizes=(1_000, 333, 333), sft_steps=2000, sft_batch=32,
         sft_lr=1e-4,
         grpo_outcome_steps=250, grpo_process_steps=150, grpo_prompts=2000, grpo_prompts_per_step=2, grpo_group=4,
@@ -87,7 +89,7 @@ BUDGETS: dict[str, Budget] = {
                                               "core_mlp_hidden=96", "max_seq_len=384", "recurrence=3"),
         vocab_size=2048, mix_tokens=60_000, clrs_nodes=(4,), logic_nodes=(4, 4),
         pretrain_steps=6, pretrain_batch=4, pretrain_seq_len=64, pretrain_lr=1e-3, pretrain_warmup=2,
-        mean_steps=3.0, bptt_steps=2,
+        mean_steps=3.0, min_depth=1, bptt_steps=2,
         sft_sizes=(40, 20, 20), sft_math_sizes=(10, 20, 5), sft_steps=4, sft_batch=4, sft_lr=1e-3,
         grpo_outcome_steps=2, grpo_process_steps=2, grpo_prompts=24, grpo_prompts_per_step=2, grpo_group=2,
         grpo_max_new=12, grpo_lr=1e-5,

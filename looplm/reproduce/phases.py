@@ -110,9 +110,10 @@ def _pretrain(ctx: Context, out: Path, steps: int, overrides: list[str], data: s
                                model_overrides=list(b.model_overrides) + overrides,
                                steps=steps, batch_size=b.pretrain_batch, seq_len=b.pretrain_seq_len,
                                lr=b.pretrain_lr, warmup=b.pretrain_warmup, mean_steps=b.mean_steps,
-                               bptt_steps=b.bptt_steps, eval_every=max(steps // 4, 1), save_every=steps,
-                               keep=1, seed=ctx.cfg.seed, device=ctx.cfg.device, threads=_threads(ctx),
-                               progress=False, log_every=10, resume=(out / "metrics.jsonl").exists()))
+                               min_depth=b.min_depth, bptt_steps=b.bptt_steps, eval_every=max(steps // 4, 1),
+                               save_every=steps, keep=1, seed=ctx.cfg.seed, device=ctx.cfg.device,
+                               threads=_threads(ctx), progress=False, log_every=10,
+                               resume=(out / "metrics.jsonl").exists()))
     if res.get("exit_code", 0) != 0:
         raise RuntimeError(f"pre-training stopped with exit code {res['exit_code']}")
     return {"ckpt_dir": _s(out / "final"), "metrics_file": _s(out / "metrics.jsonl")}
@@ -129,7 +130,8 @@ def _sft(ctx: Context, out: Path, data: str, init: str) -> dict[str, Any]:
     b = ctx.budget
     res = train(SFTConfig(data=data, init=init, out=_s(out), steps=b.sft_steps, batch_size=b.sft_batch,
                           seq_len=min(512, 384), lr=b.sft_lr, warmup=20, eval_every=0, save_every=b.sft_steps,
-                          sample_depth=True, mean_steps=b.mean_steps, bptt_steps=b.bptt_steps,  # as pre-trained
+                          sample_depth=True, mean_steps=b.mean_steps, min_depth=b.min_depth,  # as pre-trained
+                          bptt_steps=b.bptt_steps,
                           keep=1, seed=ctx.cfg.seed, device=ctx.cfg.device, threads=_threads(ctx), progress=False,
                           log_every=10, resume=(out / "metrics.jsonl").exists()))
     if res.get("exit_code", 0) != 0:
@@ -301,7 +303,8 @@ def phases(cfg) -> list[Phase]:
         Phase("data", data_phase, ("tokenizer",),
               lambda ctx: {**sett(*data_keys)(ctx), "text": cfg.text, "chat": cfg.chat, "replay": cfg.replay}),
         Phase("pretrain", pretrain_phase, ("data",),
-              sett("pretrain_steps", "pretrain_batch", "pretrain_seq_len", "pretrain_lr", "mean_steps", "bptt_steps")),
+              sett("pretrain_steps", "pretrain_batch", "pretrain_seq_len", "pretrain_lr", "mean_steps", "min_depth",
+                   "bptt_steps")),
         Phase("sft", sft_phase, ("pretrain", "data"), sett("sft_steps", "sft_batch", "sft_lr")),
         Phase("sft-noreplay", sft_noreplay_phase, ("pretrain", "data"), sett("sft_steps", "sft_batch", "sft_lr")),
         Phase("grpo-outcome", grpo_outcome_phase, ("sft", "data"), sett("grpo_outcome_steps", *grpo_keys)),

@@ -341,6 +341,7 @@ def validate_stage(cfg: Any) -> None:
     for name in ("batch_size", "seq_len", "grad_accum", "bptt_steps", "eval_batches"):
         need_int(cfg, name, 1)
     need_int(cfg, "fixed_depth", 1, optional=True)
+    need_int(cfg, "min_depth", 1)
     need_float(cfg, "mean_steps", 0.0, lo_open=True, optional=True)
     need_float(cfg, "depth_sigma", 0.0)
     need_float(cfg, "deep_fraction", 0.0, 1.0)

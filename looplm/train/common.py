@@ -251,8 +251,10 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------ depth
-def sample_depth(seed: int, step: int, mean: float, sigma: float, max_steps: int, deep_fraction: float) -> int:
-    """Recurrence depth n of update `step` (see the module docstring); the same on every rank."""
+def sample_depth(seed: int, step: int, mean: float, sigma: float, max_steps: int, deep_fraction: float,
+                 min_depth: int = 1) -> int:
+    """Recurrence depth n of update `step` (see the module docstring), raised to `min_depth`; the same on
+    every rank."""
     rng = np.random.default_rng([seed, DEPTH_STREAM, step])
     deep = rng.random() < deep_fraction
     if deep:
@@ -260,7 +262,7 @@ def sample_depth(seed: int, step: int, mean: float, sigma: float, max_steps: int
     else:
         tau = rng.lognormal(math.log(mean) - sigma ** 2 / 2, sigma)
         n = int(rng.poisson(tau)) + 1
-    return max(1, min(n, max_steps))
+    return max(1, min(max(n, min_depth), max_steps))
 
 
 def step_rng(seed: int, step: int, micro: int) -> np.random.Generator:
@@ -273,7 +275,7 @@ def lm_depth(cfg: Any, model_cfg: Any, step: int) -> tuple[int, int]:
     fixed one, default the model's recurrence, at most max_steps) and the steps back-propagated."""
     if cfg.sample_depth:
         n = sample_depth(cfg.seed, step, cfg.mean_steps or float(model_cfg.recurrence), cfg.depth_sigma,
-                         model_cfg.max_steps, cfg.deep_fraction)
+                         model_cfg.max_steps, cfg.deep_fraction, cfg.min_depth)
     else:
         n = min(cfg.fixed_depth or model_cfg.recurrence, model_cfg.max_steps)
     return n, min(n, cfg.bptt_steps)

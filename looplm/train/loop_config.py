@@ -78,6 +78,8 @@ class LoopConfig(RunConfig):
     mean_steps: float | None = opt_field(None, "mean r̄ of the depth sampler's log-normal (default: the model's "
                                                "recurrence)")
     depth_sigma: float = opt_field(0.5, "sigma of the depth sampler's log-normal")
+    min_depth: int = opt_field(1, "floor of the sampled depth: draws below it are raised to it (the model never "
+                                  "answers after fewer steps, so it can rely on them)")
     bptt_steps: int = opt_field(8, "back-propagate through the last k = min(n, bptt_steps) recurrence steps")
     deep_fraction: float = opt_field(0.0, "share of updates with depth n ~ U[16, 32] (clipped to max_steps; needs "
                                           "sampled depth)")

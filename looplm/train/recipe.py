@@ -2,11 +2,14 @@
 gradients, and the loss, as `benchmarks/bench_learning.py` trains looplm (the research trials of
 `benchmarks/LEARNING_LOG.md` vary these fields). The Huginn sampler is the one `looplm pretrain` and
 `looplm sft` use (`looplm.train.common.sample_depth`); the values the trials chose are the `tiny`
-budget of `looplm reproduce` (`looplm/reproduce/config.py`: r̄ = R - 1, every step with gradients).
+budget of `looplm reproduce` (`looplm/reproduce/config.py`: r̄ = R - 1, a floor of 2 steps, every step
+with gradients).
 
 - Depth per update (`Recipe.depth`):
   - `"huginn"`: `n = Poisson(LogNormal(log r̄ - σ²/2, σ)) + 1` (`looplm.train.common.sample_depth`),
-    so E[n] = r̄ + 1, plus a share `deep_fraction` of updates at n ~ U[16, 32];
+    so E[n] = r̄ + 1, plus a share `deep_fraction` of updates at n ~ U[16, 32]; draws below
+    `min_steps` are raised to it (a depth floor: the model is never asked to answer after fewer steps,
+    so it can rely on them);
   - `"uniform"`: n ~ U{min_steps .. max_train_steps};
   - `"fixed"`: n = R every update.
 - Curriculum (`curriculum` = c > 0): during the first fraction c of training (by elapsed budget or by
@@ -51,8 +54,9 @@ class Recipe:
     """r̄ of the Huginn sampler (0 = the model's R - 1, so that E[n] = R)."""
     sigma: float = 0.5
     deep_fraction: float = 0.0
-    min_steps: int = 1
-    """Smallest n of the uniform sampler."""
+    min_steps: int = 2
+    """Smallest n of the uniform sampler; the floor of the Huginn sampler's draws (2: the `tiny` model is
+    never asked to answer after one step, so it uses its second; trial G2 of the learning log)."""
     max_train_steps: int = 0
     """Largest n of the uniform sampler and cap of every sampler (0 = 2R)."""
     bptt: int = 0
@@ -121,8 +125,8 @@ def depth_for_update(recipe: Recipe, cfg, seed: int, update: int, frac: float) -
     else:
         mean = recipe.mean_steps or (R - 1)
         mean = max(1e-3, mean * ramp)
-        n = sample_depth(seed, update, mean, recipe.sigma, cfg.max_steps, recipe.deep_fraction)
-        n = min(n, max(1, math.ceil(2 * (mean + 1))) if ramp < 1 else cap)
+        n = sample_depth(seed, update, mean, recipe.sigma, cfg.max_steps, recipe.deep_fraction, recipe.min_steps)
+        n = min(n, max(recipe.min_steps, math.ceil(2 * (mean + 1))) if ramp < 1 else max(cap, recipe.min_steps))
     n = max(1, min(n, cfg.max_steps))
     k = n if recipe.bptt == 0 else min(n, recipe.bptt)
     return n, k

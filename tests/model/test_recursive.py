@@ -322,6 +322,31 @@ def test_config_validation_names_field():
         get_preset("huge")
 
 
+def test_init_scale_of_e_and_of_the_step_signal():
+    """e_scale sets the RMS of e = norm(prelude(x)) at init; step_emb_out_gain = 0 starts step_emb(t) at
+    zero for every t, and a gain of 1 leaves the init (and its random draws) as before the field existed."""
+    base = dict(vocab_size=256, max_seq_len=64)
+    torch.manual_seed(0)
+    small = RecursiveCausalLM(get_preset("tiny", **base, e_scale=0.1, step_emb_out_gain=0.0))
+    ids = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        x = small.embed(ids)
+        for blk in small.prelude:
+            x = blk(x, small.rope(torch.arange(16).expand(2, 16), x.dtype), None)
+        e = small.prelude_norm(x)
+        assert e.pow(2).mean(-1).sqrt().allclose(torch.full((2, 16), 0.1), rtol=0.03)  # (RMSNorm eps)
+        assert small.core.step_table(5).vec[3].abs().max() == 0
+    torch.manual_seed(0)
+    one = RecursiveCausalLM(get_preset("tiny", **base, e_scale=1.0, step_emb_out_gain=1.0))
+    sd_small, sd_one = small.state_dict(), one.state_dict()
+    differ = {k for k in sd_one if not torch.equal(sd_one[k], sd_small[k])}
+    assert differ == {"prelude_norm.weight", "core.step_emb.fc2.weight"}  # the same draws otherwise
+    assert float(one.core.step_emb.fc2.weight.detach().std()) == pytest.approx(one.config.init_std, rel=0.1)
+    for field, bad in (("e_scale", 0.0), ("step_emb_out_gain", -1.0)):
+        with pytest.raises(ConfigError, match=f"ModelConfig.{field}="):
+            get_preset("tiny", **{field: bad})
+
+
 def test_report_200m_parameter_counts_match_report():
     with torch.device("meta"):
         m = RecursiveCausalLM(get_preset("report-200m"))

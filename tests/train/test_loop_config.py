@@ -47,3 +47,5 @@ def test_a_bad_shared_value_names_the_stage_field():
         SFTConfig(data="d.jsonl", init="ck", out="o", bptt_steps=0)
     with pytest.raises(ConfigError, match=r"PretrainConfig\.deep_fraction=2"):
         PretrainConfig(data="d", out="o", deep_fraction=2.0)
+    with pytest.raises(ConfigError, match=r"PretrainConfig\.min_depth=0 .*--min-depth"):
+        PretrainConfig(data="d", out="o", min_depth=0)

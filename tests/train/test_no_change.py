@@ -34,6 +34,10 @@ MODEL = dict(vocab_size=320, max_seq_len=64, d_model=32, n_heads=2, head_dim=16,
 TEXTS = ["Algorithm: DFS\nGraph: A-[B,C], B-[D]. Start: A", "What is 12 + 30? 12 + 30 = 42. #### 42",
          "The capital of France is Paris.", "dfs:\nedges: 0-1 1-2 2-3 | pi: 0 0 1 2"] * 10
 REL = 1e-5
+# The random projection of the weight change sums ~55k terms of both signs, so its relative rounding error
+# is far above the other numbers': GRPO's (3 steps of sampling, two updates each) differed by 3.2e-5 on
+# one AMD EPYC host from the value recorded on another, every other number within 1e-5.
+REL_PROJ = 1e-4
 
 
 # ------------------------------------------------------------------------------------ fixtures
@@ -140,7 +144,8 @@ def close(got, want, path="") -> None:
         for i, (g, w) in enumerate(zip(got, want)):
             close(g, w, f"{path}[{i}]")
     elif isinstance(want, float):
-        assert isinstance(got, (int, float)) and math.isclose(got, want, rel_tol=REL, abs_tol=1e-9), \
+        rel = REL_PROJ if path.endswith(".proj") else REL
+        assert isinstance(got, (int, float)) and math.isclose(got, want, rel_tol=rel, abs_tol=1e-9), \
             f"{path}: {got!r} != {want!r}"
     else:
         assert got == want, f"{path}: {got!r} != {want!r}"

@@ -52,8 +52,14 @@ def test_samplers_are_deterministic_and_bounded():
     assert abs(sum(huginn) / len(huginn) - CFG.recurrence) < 0.3  # E[n] = r̄ + 1 = R
 
 
+def test_huginn_min_steps_is_a_floor():
+    plain = [depth_for_update(Recipe(mean_steps=1.0, min_steps=1), CFG, 2, u, 1.0)[0] for u in range(500)]
+    floored = [depth_for_update(Recipe(mean_steps=1.0, min_steps=2), CFG, 2, u, 1.0)[0] for u in range(500)]
+    assert 1 in plain and floored == [max(n, 2) for n in plain]
+
+
 def test_curriculum_ramps_the_depth():
-    r = Recipe(curriculum=0.5)
+    r = Recipe(curriculum=0.5, min_steps=1)
     early = [depth_for_update(r, CFG, 0, u, 0.05)[0] for u in range(400)]
     late = [depth_for_update(r, CFG, 0, u, 0.9)[0] for u in range(400)]
     assert sum(early) / 400 < 2.0 < sum(late) / 400

@@ -41,6 +41,24 @@ def test_depth_sampler_is_keyed_by_step_and_matches_huginn_moments():
     assert max(clipped) == 6
 
 
+def test_depth_floor_raises_only_the_draws_below_it():
+    plain = [C.sample_depth(3, s, 1.0, 0.5, 64, 0.0) for s in range(2000)]
+    floored = [C.sample_depth(3, s, 1.0, 0.5, 64, 0.0, min_depth=2) for s in range(2000)]
+    assert floored == [max(n, 2) for n in plain]
+    assert plain.count(1) > 300 and min(floored) == 2  # r̄ = 1 draws n = 1 about a third of the time
+    assert [C.sample_depth(0, s, 1.0, 0.5, max_steps=3, deep_fraction=0.0, min_depth=5) for s in range(5)] == [3] * 5
+
+
+def test_lm_depth_applies_the_config_floor():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(sample_depth=True, seed=0, mean_steps=1.0, depth_sigma=0.5, deep_fraction=0.0,
+                          bptt_steps=8, min_depth=2, fixed_depth=None)
+    model_cfg = SimpleNamespace(recurrence=2, max_steps=64)
+    ns = [C.lm_depth(cfg, model_cfg, s)[0] for s in range(500)]
+    assert min(ns) == 2 and max(ns) > 2
+
+
 def test_depth_sampler_deep_fraction():
     draws = np.array([C.sample_depth(0, s, 4.0, 0.5, 64, deep_fraction=0.25) for s in range(4000)])
     deep = (draws >= 16) & (draws <= 32)
