@@ -5,7 +5,7 @@ raises `ConfigError` naming the bad field and its allowed range. Presets:
 
 - `tiny`: ~1.2M parameters for the whole pipeline on a 2-core CPU: 2 prelude blocks, 1 grouped-query
   core block unrolled R = 2 times with keys read once per token from the prelude output, 2 coda
-  blocks, e = norm(prelude(x)) at RMS 0.1 at init (the report's 4/2/4 layout at R = 8 cost about 6x the
+  blocks, e = norm(prelude(x)) at RMS 0.1 at init (the report's 4/2/4 layout at R = 8 cost about 3x the
   time per update on this CPU; `benchmarks/LEARNING_LOG.md` has the trials);
 - `small`: ~15M parameters, for CPU benchmarks and quick GPU runs;
 - `report-200m`: within 1% of the report's 124.13M physical / 176.29M virtual parameters at R = 8.
