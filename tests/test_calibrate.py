@@ -179,7 +179,15 @@ def test_calibrate_halt_end_to_end(ckpt, tmp_path):
     c = res["chosen"]
     assert (meta["halt_threshold"], meta["halt_min_steps"], meta["halt_steps"]) == (c["tau"], c["min_steps"], 4)
     assert meta["stage"] == "calibrate-halt" and c["agreement"] >= 0.99
-    assert {(r["min_steps"], r["tau"]) for r in res["sweep"]} == {(m, t) for m in (1, 2) for t in (0.5, 0.9, 1.0)}
+    q = {int(k): v for k, v in res["quantile_taus"].items()}  # per min_steps: quantiles of the fitted head
+    assert set(q) == {1, 2} and all(0 < t < 1 for v in q.values() for t in v)
+    assert {(r["min_steps"], r["tau"]) for r in res["sweep"]} == {(m, t) for m in (1, 2)
+                                                                    for t in (0.5, 0.9, 1.0, *q[m])}
+    assert res["halt_fit"]["positions"] == "decode" and res["halt_fit"]["steps_fitted"] == 3
+    kinds = res["exit_steps_by_kind"]
+    assert kinds["positions"] == sum(k["count"] for k in kinds["kinds"].values()) > 0
+    assert (kinds["tau"], kinds["min_steps"]) == (c["tau"], c["min_steps"])
+    assert (out / "exit_steps_by_kind.png").read_bytes()[:4] == b"\x89PNG" and res["exit_kind_plot"].endswith(".png")
     assert json.loads((out / "calibration.json").read_text())["chosen"] == c
     assert (out / "calibration.png").read_bytes()[:4] == b"\x89PNG"
     assert set(res["speed"]) >= {"batch_1", "batch_2"} and res["speed"]["batch_1"]["speedup"] > 0

@@ -20,6 +20,8 @@ from looplm.config import ConfigError
 
 META_THRESHOLD, META_MIN_STEPS, META_STEPS = "halt_threshold", "halt_min_steps", "halt_steps"
 DEFAULT_TAUS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.0)
+# quantiles of the fitted head's halt probability at step m added as thresholds (per min_steps m)
+DEFAULT_TAU_QUANTILES = (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 
 
 def check_field(cls_name: str, name: str, value: Any, ok: bool, allowed: str) -> None:
@@ -49,6 +51,8 @@ class HaltCalibConfig:
     target_agreement: float = 0.99
     min_steps_grid: tuple[int, ...] | None = None  # None = 1 .. min(3, steps)
     taus: tuple[float, ...] = DEFAULT_TAUS
+    tau_quantiles: tuple[float, ...] = DEFAULT_TAU_QUANTILES  # () = the fixed taus only
+    fit_positions: str = "decode"  # "decode" (positions predicting the continuation) | "all" (prompt too)
     epochs: int = 30
     lr: float = 0.01
     train_batch: int = 4096  # label rows per BCE step
@@ -87,6 +91,11 @@ class HaltCalibConfig:
                     "a non-empty list of thresholds in (0, 1]")
         check_field(c, "bench_batches", self.bench_batches, all(isinstance(b, int) and b >= 1
                                                                  for b in self.bench_batches), "integers >= 1")
+        check_field(c, "tau_quantiles", self.tau_quantiles, all(isinstance(q, (int, float)) and 0 < q < 1
+                                                                 for q in self.tau_quantiles),
+                    "a list of quantiles in (0, 1) (empty: none)")
+        check_field(c, "fit_positions", self.fit_positions, self.fit_positions in ("decode", "all"),
+                    "'decode' or 'all'")
 
 
 @dataclass

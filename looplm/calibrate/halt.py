@@ -9,9 +9,18 @@ Stages of `calibrate_halt(HaltCalibConfig)`:
    y_t = 1 iff argmax p_t' = argmax p_full for every t' >= t and KL(p_full ‖ p_t) < kl_delta.
    Prompt positions are labelled too (prefill exits early as well, and its states feed the coda).
 3. Fit: the halt head's `Linear(d, 1)` on the features rms(s_{t+1}) with BCE (Adam, minibatches);
-   nothing else is trainable, and a bit-for-bit check refuses any other change.
+   nothing else is trainable, and a bit-for-bit check refuses any other change. The rows are the steps
+   before full depth (the last step's label is always 1 and its halt output is never consulted) at the
+   decode positions (`fit_positions="decode"`: the positions predicting the continuation, the only ones
+   the agreement criterion counts; the prompt's random graph text only adds label noise) or at every
+   real position (`fit_positions="all"`). A position is a positive at step t only if its prediction has
+   settled on the full-depth one for good, so a token whose prediction still moves (a hard one) is a
+   negative at the early steps and the fitted head keeps it running.
 4. Choose (min_steps, τ) on held-out prompts: for every pair of `min_steps_grid` × `taus` (τ = 1, never
-   exiting, is always added) run the model's real adaptive forward over prompt + full-depth greedy
+   exiting, is always added; plus, per min_steps m < n, the `tau_quantiles` quantiles of the fitted
+   head's halt probability at step m over the fit's decode positions, so that τ can hold back about
+   the least settled share q of the tokens instead of a grid point that holds back none or all) run
+   the model's real adaptive forward over prompt + full-depth greedy
    continuation and compare its argmax at the decode positions (last prompt token .. last-but-one
    token: exactly the predictions adaptive cached decoding makes given the same prefix) with the
    full-depth argmax. The pair with the most core FLOPs saved at decode positions among those with
@@ -20,8 +29,12 @@ Stages of `calibrate_halt(HaltCalibConfig)`:
    on the held-out prompts (exact-match fraction, matched-prefix agreement, realised exit steps), and
    tokens/s of both, interleaved in one run, at each batch size of `bench_batches`. Whole sequences
    agree less often than tokens: one flipped token changes everything after it.
-6. Write `calibration.json` and `calibration.png` (agreement vs core FLOPs saved, one line per
-   min_steps) to `out` (with the new checkpoint) or `report_dir`. The checkpoint's meta gets
+6. Exit steps per token kind (`exit_kinds`): at the chosen pair, the exit step of every held-out decode
+   position, grouped by the kind of the token it predicts (node label, trace action,
+   punctuation/format, other): count, mean exit step, histogram over steps (`exit_steps_by_kind`).
+7. Write `calibration.json`, `calibration.png` (agreement vs core FLOPs saved, one line per
+   min_steps) and `exit_steps_by_kind.png` (`exit_kind_plot`) to `out` (with the new checkpoint) or
+   `report_dir`. The checkpoint's meta gets
    `halt_threshold`, `halt_min_steps`, `halt_steps` (META_* below) and a `halt_calibration` summary.
 
 Units: one step = n_core block passes. Core FLOPs saved = 1 − mean exit / n (core FLOPs are linear in
@@ -47,6 +60,7 @@ from looplm.calibrate.common import (Sample, batched_generate, check_fits, check
                                      split_heldout, time_interleaved, write_json)
 from looplm.calibrate.configs import (META_MIN_STEPS, META_STEPS, META_THRESHOLD, HaltCalibConfig, check_field,
                                       to_json)
+from looplm.calibrate.exit_kinds import decode_exits, exit_kinds_report, save_kind_plot
 
 HALT_PREFIX = ("core.halt.",)
 
@@ -86,21 +100,42 @@ def convergence_labels(preds: torch.Tensor, kl: torch.Tensor, kl_delta: float) -
 
 
 def build_labels(model, seqs: list[list[int]], steps: int, kl_delta: float, pad_id: int, batch_size: int,
-                 progress: bool) -> dict[str, torch.Tensor]:
-    """Features [n, N, d] and labels [n, N] over every real position of `seqs`, plus per-step stats."""
+                 progress: bool, prompt_lens: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Features [n, N, d] and labels [n, N] over every real position of `seqs`, plus per-step stats;
+    with `prompt_lens`, also `decode` [N]: the positions predicting a continuation token (last prompt
+    token .. last-but-one token)."""
     device = model.embed.weight.device
-    feats, labels, agree = [], [], []
+    feats, labels, agree, decode = [], [], [], []
     for i in tqdm(range(0, len(seqs), batch_size), desc="labels", disable=not progress, leave=False):
         chunk = seqs[i:i + batch_size]
         ids = right_pad(chunk, pad_id, device)
         preds, kl, f = depth_predictions(model, ids, steps)
-        real = torch.arange(ids.shape[1], device=device)[None] < torch.tensor([len(s) for s in chunk],
-                                                                             device=device)[:, None]  # [B, T]
+        ar = torch.arange(ids.shape[1], device=device)[None]
+        lens = torch.tensor([len(s) for s in chunk], device=device)[:, None]
+        real = ar < lens  # [B, T]
         y = convergence_labels(preds, kl, kl_delta)
         feats.append(f[:, real].cpu())  # [n, N_chunk, d]
         labels.append(y[:, real].cpu())
         agree.append((preds == preds[-1])[:, real].cpu())
-    return {"feats": torch.cat(feats, 1), "labels": torch.cat(labels, 1), "agree": torch.cat(agree, 1)}
+        if prompt_lens is not None:
+            plen = torch.tensor(prompt_lens[i:i + batch_size], device=device)[:, None]
+            decode.append(((ar >= plen - 1) & (ar <= lens - 2))[real].cpu())
+    out = {"feats": torch.cat(feats, 1), "labels": torch.cat(labels, 1), "agree": torch.cat(agree, 1)}
+    if prompt_lens is not None:
+        out["decode"] = torch.cat(decode)
+    return out
+
+
+def fit_rows(lab: dict[str, torch.Tensor], positions: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (features [M, d], labels [M]) the halt head is fitted on: steps 1..n-1 (all n if n = 1; the
+    last step's label is always 1 and the head is never consulted there) at the decode positions
+    (`positions="decode"`, needs `lab["decode"]`) or at every real position (`"all"`)."""
+    n, N, d = lab["feats"].shape
+    k = max(n - 1, 1)
+    cols = lab["decode"] if positions == "decode" else torch.ones(N, dtype=torch.bool)
+    if not bool(cols.any()):
+        raise ValueError("no decode positions to fit the halt head on (every continuation is empty)")
+    return lab["feats"][:k, cols].reshape(-1, d), lab["labels"][:k, cols].reshape(-1)
 
 
 # ---------------------------------------------------------------------------------------------- fit
@@ -164,6 +199,35 @@ def adaptive_sweep(model, prompt_lens: list[int], seqs: list[list[int]], steps: 
     return rows
 
 
+@torch.no_grad()
+def quantile_taus(model, prompt_lens: list[int], seqs: list[list[int]], steps: int, grid_m: tuple[int, ...],
+                  qs: tuple[float, ...], pad_id: int, batch_size: int) -> dict[int, list[float]]:
+    """Per m in `grid_m` with m < steps: the quantiles `qs` of the (fitted) head's halt probability at
+    step m over the decode positions of `seqs` (full-depth forward). With τ = the q-quantile, about a
+    share q of those positions stays below τ at step m and runs on."""
+    ms = [m for m in sorted(set(grid_m)) if m < steps]
+    if not qs or not ms:
+        return {}
+    device = model.embed.weight.device
+    probs: dict[int, list[torch.Tensor]] = {m: [] for m in ms}
+    for i in range(0, len(seqs), batch_size):
+        chunk = seqs[i:i + batch_size]
+        ids = right_pad(chunk, pad_id, device)
+        ar = torch.arange(ids.shape[1], device=device)[None]
+        lens = torch.tensor([len(s) for s in chunk], device=device)[:, None]
+        plen = torch.tensor(prompt_lens[i:i + batch_size], device=device)[:, None]
+        decode = (ar >= plen - 1) & (ar <= lens - 2)
+        hp = model(ids, steps, return_halt=True).halt_probs  # [n, B, T]
+        for m in ms:
+            probs[m].append(hp[m - 1][decode].double().cpu())
+    q = torch.tensor(qs, dtype=torch.float64)
+    out = {}
+    for m in ms:
+        p = torch.cat(probs[m])
+        out[m] = sorted({float(v) for v in torch.quantile(p, q) if 0.0 < float(v) < 1.0}) if p.numel() else []
+    return out
+
+
 def choose(rows: list[dict], target: float) -> dict:
     feasible = [r for r in rows if r["agreement"] >= target]
     if not feasible:  # cannot happen when τ = 1 is in the grid (nothing exits: agreement 1)
@@ -225,17 +289,26 @@ def calibrate_halt(cfg: HaltCalibConfig) -> dict[str, Any]:
     held_prompts = [s.prompt for s in held]
     held_full = greedy_continuations(model, held_prompts, desc="held-out continuations", **gen)
 
-    lab = build_labels(model, train_seqs, steps, cfg.kl_delta, tok.pad_id, cfg.batch_size, cfg.progress)
+    train_plens = [len(s.prompt) for s in train]
+    lab = build_labels(model, train_seqs, steps, cfg.kl_delta, tok.pad_id, cfg.batch_size, cfg.progress,
+                       prompt_lens=train_plens)
     n, N, d = lab["feats"].shape
-    fit = fit_halt_head(model, lab["feats"].reshape(n * N, d), lab["labels"].reshape(n * N), cfg.epochs, cfg.lr,
-                        cfg.train_batch, cfg.seed, cfg.progress)
+    x, y = fit_rows(lab, cfg.fit_positions)
+    fit = fit_halt_head(model, x, y, cfg.epochs, cfg.lr, cfg.train_batch, cfg.seed, cfg.progress)
+    fit.update(positions=cfg.fit_positions, steps_fitted=max(steps - 1, 1), rows=len(y),
+               positive_rate=float(y.float().mean()))
     changed = check_only_changed(model, snap, HALT_PREFIX)
 
-    grid = sorted({(m, float(t)) for m in grid_m for t in (*cfg.taus, 1.0)})
-    rows = adaptive_sweep(model, [len(p) for p in held_prompts], [p + c for p, c in zip(held_prompts, held_full)],
-                          steps, grid, tok.pad_id, cfg.batch_size, cfg.progress)
+    held_plens = [len(p) for p in held_prompts]
+    held_seqs = [p + c for p, c in zip(held_prompts, held_full)]
+    qtaus = quantile_taus(model, train_plens, train_seqs, steps, grid_m, tuple(cfg.tau_quantiles), tok.pad_id,
+                          cfg.batch_size)  # from the fit's sequences: the held-out ones only choose
+    grid = sorted({(m, float(t)) for m in grid_m for t in (*cfg.taus, *qtaus.get(m, ()), 1.0)})
+    rows = adaptive_sweep(model, held_plens, held_seqs, steps, grid, tok.pad_id, cfg.batch_size, cfg.progress)
     best = choose(rows, cfg.target_agreement)
     tau, m = best["tau"], best["min_steps"]
+    targets, exits = decode_exits(model, held_plens, held_seqs, steps, m, tau, tok.pad_id, cfg.batch_size)
+    by_kind = exit_kinds_report(tok, targets, exits, steps, m, tau)
 
     gcfg = GenerationConfig(max_new_tokens=cfg.max_new_tokens, steps=steps, stop_tokens=(tok.eos_id,),
                             pad_id=tok.pad_id)
@@ -248,8 +321,11 @@ def calibrate_halt(cfg: HaltCalibConfig) -> dict[str, Any]:
         "init": str(cfg.init), "data": cfg.data, "config": to_json(cfg), "steps": steps,
         "n_core": mc.n_core, "train_prompts": len(train), "heldout_prompts": len(held),
         "label_positions": N, "label_positive_rate_by_step": lab["labels"].float().mean(1).tolist(),
+        "label_positive_rate_by_step_decode": lab["labels"][:, lab["decode"]].float().mean(1).tolist(),
         "argmax_agreement_by_step": lab["agree"].float().mean(1).tolist(), "halt_fit": fit,
+        "quantile_taus": {str(k): v for k, v in qtaus.items()},
         "changed_params": changed, "sweep": rows, "chosen": chosen, "generation": generation, "speed": speed,
+        "exit_steps_by_kind": by_kind,
         "meta_keys": {META_THRESHOLD: tau, META_MIN_STEPS: m, META_STEPS: steps}, "checkpoint": None,
     }
     report_dir = Path(cfg.out or cfg.report_dir)
@@ -261,6 +337,7 @@ def calibrate_halt(cfg: HaltCalibConfig) -> dict[str, Any]:
         results["checkpoint"] = str(save_checkpoint(cfg.out, model, tok, meta=new_meta))
     report_dir.mkdir(parents=True, exist_ok=True)
     results["plot"] = str(save_plot(rows, best, cfg.target_agreement, report_dir / "calibration.png"))
+    results["exit_kind_plot"] = str(save_kind_plot(by_kind, report_dir / "exit_steps_by_kind.png"))
     results["report"] = str(write_json(report_dir / "calibration.json", results))
     return results
 

@@ -43,6 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--min-steps", type=_ints, default=d.min_steps_grid, metavar="M,M,...",
                    help="min_steps values to sweep (default: 1 .. min(3, steps))")
     p.add_argument("--taus", type=_floats, default=d.taus, metavar="T,T,...", help="thresholds to sweep (1 is added)")
+    p.add_argument("--tau-quantiles", type=_floats, default=d.tau_quantiles, metavar="Q,Q,...",
+                   help="also sweep these quantiles of the fitted head's halt probability at step min_steps "
+                        "(default: %(default)s; '' for none)")
+    p.add_argument("--fit-positions", choices=("decode", "all"), default=d.fit_positions,
+                   help="fit the halt head on the positions predicting the continuation (default) or on all")
     p.add_argument("--sequences", choices=("greedy", "data"), default=d.sequences,
                    help="label sequences: the model's greedy continuations (default) or the data's responses")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="default: %(default)s")
@@ -66,7 +71,8 @@ def main(args: argparse.Namespace) -> int:
         init=args.init, data=args.data, out=args.out, report_dir=args.report_dir, n=args.n, seed=args.seed,
         steps=args.steps, sequences=args.sequences, max_new_tokens=args.max_new_tokens,
         heldout_frac=args.heldout_frac, kl_delta=args.kl_delta, target_agreement=args.target_agreement,
-        min_steps_grid=args.min_steps, taus=args.taus, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        min_steps_grid=args.min_steps, taus=args.taus, tau_quantiles=args.tau_quantiles,
+        fit_positions=args.fit_positions, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         bench_batches=args.bench_batches, bench_prompts=args.bench_prompts, bench_repeats=args.bench_repeats,
         device=args.device, progress=not args.no_progress), args, dest_of=RENAMED))
     from looplm.calibrate.halt import calibrate_halt

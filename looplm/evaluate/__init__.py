@@ -6,6 +6,7 @@ alignment-tax table.
 - `run.py`: `EvalConfig` + `run_eval(config)` over tasks and depths, writing `eval.json`;
 - `compare.py`: `CompareConfig` + `run_compare(config)`, the tasks x phases table;
 - `report.py`: text tables and PNG plots;
+- `stats.py`: Wilson intervals of accuracies and intervals of differences;
 - `cli.py`: the `looplm eval` subcommand.
 
 Simplification: decoding is greedy only (evaluation is deterministic); sampling lives in

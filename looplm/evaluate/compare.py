@@ -13,6 +13,8 @@ last, alphabetically. Labels default to the directory names.
 
 Each column shows a task's headline number at one depth: the checkpoint's training depth R when it
 was evaluated there, else the first depth evaluated (the depth used is listed under the table).
+Every accuracy cell also carries its number of items and a Wilson 95% interval (JSON keys `n`,
+`correct`, `ci95` next to the original `labels`, `steps`, `rows`, `sources`).
 Outputs in `out` (default `<run-dir>/alignment-tax`, or `./alignment-tax`): `alignment_tax.md`,
 `alignment_tax.png`, `alignment_tax.json`; the markdown is also printed.
 """
@@ -28,6 +30,7 @@ from typing import Any
 from looplm.config import ConfigError
 from looplm.evaluate.items import EVAL_TASKS
 from looplm.evaluate.run import EVAL_JSON, EvalConfig, default_out, run_eval
+from looplm.evaluate.stats import wilson_interval
 
 PHASE_ORDER = ("pretrain", "sft", "grpo-outcome", "grpo-process", "grpo", "calibrate-halt", "train-spec")
 REUSE_KEYS = ("tasks", "n", "seed", "format", "steps", "steps_sweep", "max_new_tokens", "gsm8k", "alpaca")
@@ -145,14 +148,42 @@ def _column(result: dict[str, Any]) -> tuple[int, dict[str, float]]:
                    if str(steps) in by_steps}
 
 
+def _items(result: dict[str, Any], steps: int) -> dict[str, int]:
+    """task -> number of items scored at `steps` (from the per-run metrics; `gsm8k (strict)` too)."""
+    out = {}
+    for r in result.get("runs", []):
+        n = (r.get("metrics") or {}).get("n")
+        if r.get("steps") == steps and isinstance(n, int):
+            out[r["task"]] = n
+            if r["task"] == "gsm8k":
+                out["gsm8k (strict)"] = n
+    return out
+
+
+def _interval(value: float | None, n: int | None, task: str) -> tuple[int | None, list[float] | None]:
+    """(items correct, Wilson 95% interval) of an accuracy cell; (None, None) for chat or unknown n.
+    Every accuracy task scores each item 0 or 1, so correct = value x n exactly."""
+    if task == "chat" or value is None or not n:
+        return None, None
+    k = round(value * n)
+    return k, list(wilson_interval(k, n))
+
+
 def build_table(results: list[dict[str, Any]], labels: list[str]) -> dict[str, Any]:
-    """{"labels", "steps" (per column), "rows": task -> [value or None per column]}."""
+    """{"labels", "steps" (per column), "rows": task -> [value or None per column]}, plus per cell
+    "n" (items scored), "correct" (items right) and "ci95" (Wilson 95% interval [low, high]); the last
+    three are None where unknown (chat is a loss: n only)."""
     cols = [_column(r) for r in results]
+    items = [_items(r, s) for r, (s, _) in zip(results, cols)]
     order = [t for t in EVAL_TASKS if t != "chat"]
     order = [x for t in order for x in ((t, "gsm8k (strict)") if t == "gsm8k" else (t,))] + ["chat"]
     present = {t for _, values in cols for t in values}
     rows = {t: [values.get(t) for _, values in cols] for t in order if t in present}
-    return {"labels": labels, "steps": [s for s, _ in cols], "rows": rows}
+    n = {t: [it.get(t) for it in items] for t in rows}
+    cells = {t: [_interval(v, k, t) for v, k in zip(rows[t], n[t])] for t in rows}
+    return {"labels": labels, "steps": [s for s, _ in cols], "rows": rows, "n": n,
+            "correct": {t: [c[0] for c in cs] for t, cs in cells.items()},
+            "ci95": {t: [c[1] for c in cs] for t, cs in cells.items()}}
 
 
 def run_compare(cfg: CompareConfig) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from looplm.evaluate.stats import diff_interval
+
 DETAIL_KEYS = ("trace_exact", "valid_dfs", "pi_element_acc", "strict", "has_answer")
 
 
@@ -101,24 +103,47 @@ def plot_sweep(result: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def _cell(v: float | None, n: int | None, ci: list[float] | None, chat: bool) -> str:
+    """`43.0% [34.8-51.6] n=128`: accuracy, Wilson 95% interval and items (as known); chat: the loss."""
+    if v is None:
+        return "-"
+    if chat:
+        return f"{v:.3f}" + (f" n={n}" if n else "")
+    return f"{100 * v:.1f}%" + (f" [{100 * ci[0]:.1f}-{100 * ci[1]:.1f}]" if ci else "") + (f" n={n}" if n else "")
+
+
+def _change(table: dict[str, Any], task: str, values: list) -> str:
+    """Last minus first column, with a normal-approximation 95% interval when both counts are known."""
+    if len(values) < 2 or values[0] is None or values[-1] is None:
+        return "-"
+    d = values[-1] - values[0]
+    if task == "chat":
+        return f"{d:+.3f}"
+    n, k = (table.get("n") or {}).get(task), (table.get("correct") or {}).get(task)
+    if n and k and None not in (n[0], n[-1], k[0], k[-1]):
+        _, lo, hi = diff_interval(k[-1], n[-1], k[0], n[0])
+        return f"{100 * d:+.1f} pt [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return f"{100 * d:+.1f} pt"
+
+
 def tax_markdown(table: dict[str, Any]) -> str:
-    """The alignment-tax table as markdown: tasks as rows, phases as columns, last - first change."""
+    """The alignment-tax table as markdown: tasks as rows, phases as columns, last - first change.
+    A cell shows the accuracy, its Wilson 95% interval and its items when the table records them
+    (`n`, `ci95`; older tables without them show the accuracy alone)."""
     labels = table["labels"]
     lines = ["| task | " + " | ".join(labels) + " | change (last - first) |",
              "|---|" + "---:|" * (len(labels) + 1)]
     for task, values in table["rows"].items():
         chat = task == "chat"
-        cells = [("-" if v is None else (f"{v:.3f}" if chat else f"{100 * v:.1f}%")) for v in values]
-        known = [v for v in values if v is not None]
-        if len(known) >= 2 and values[0] is not None and values[-1] is not None:
-            d = values[-1] - values[0]
-            delta = f"{d:+.3f}" if chat else f"{100 * d:+.1f} pt"
-        else:
-            delta = "-"
+        ns = (table.get("n") or {}).get(task) or [None] * len(values)
+        cis = (table.get("ci95") or {}).get(task) or [None] * len(values)
+        cells = [_cell(v, n, ci, chat) for v, n, ci in zip(values, ns, cis)]
         name = "chat (response loss, lower is better)" if chat else task
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {delta} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_change(table, task, values)} |")
     steps = ", ".join(f"{label}: {s}" for label, s in zip(labels, table["steps"]))
-    lines += ["", f"Accuracy in percent of held-out items; recurrence steps per column: {steps}."]
+    lines += ["", f"Accuracy in percent of held-out items, with its Wilson 95% interval in brackets and the "
+                  f"number of items n; the change has a normal-approximation 95% interval; recurrence steps "
+                  f"per column: {steps}."]
     return "\n".join(lines) + "\n"
 
 

@@ -5,7 +5,7 @@
 
 Phases (see `phases.py`): tokenizer, data, pretrain, sft, sft-noreplay, grpo-outcome,
 grpo-outcome-noreplay, grpo-process, grpo-outcome-cmp, calibrate-halt, train-spec, audit, ablation,
-eval, report. Re-running skips finished phases (`reproduce.json` holds input hashes); `--from` and
+eval, eval-depth (test-time depth on larger graphs), report. Re-running skips finished phases (`reproduce.json` holds input hashes); `--from` and
 `--until` pick a range; a failed phase stops the run and names its log.
 
 Data: every source is explicit. The defaults (`--text generated --chat generated`) make the run

@@ -2,7 +2,7 @@
 
     tokenizer -> data -> pretrain -> sft (+ sft-noreplay) -> grpo-outcome (+ grpo-outcome-noreplay)
     -> grpo-process (+ grpo-outcome-cmp: outcome reward, same start, same steps) -> calibrate-halt
-    -> train-spec -> audit -> ablation (core KV: anchored vs per_step) -> eval -> report
+    -> train-spec -> audit -> ablation (core KV: anchored vs per_step) -> eval -> eval-depth -> report
 
 Checkpoints: `pretrain/final`, `sft/final`, `grpo-outcome/final`, `grpo-process/final`,
 `calibrate-halt` (halt head + threshold), `final` (speculative heads: the finished model).
@@ -72,7 +72,7 @@ def data_phase(ctx: Context) -> dict[str, Any]:
 
     b, cfg, d = ctx.budget, ctx.cfg, ctx.path("data")
     tok = ctx.outputs["tokenizer"]["tokenizer_dir"]
-    mix = build_pretrain_mix(MixConfig(tokenizer=tok, out=d / "pretrain", tokens=b.mix_tokens, seed=cfg.seed,
+    mix = build_pretrain_mix(MixConfig(tokenizer=tok, out=d / "pretrain", tokens=b.mix_tokens, mix=dict(b.mix), seed=cfg.seed,
                                        sources={"clrs": "generated", "math": "generated", "text": cfg.text},
                                        clrs_nodes=b.clrs_nodes, allow_repeat=cfg.text != "generated",
                                        overwrite=True), log=print)
@@ -283,6 +283,27 @@ def eval_phase(ctx: Context) -> dict[str, Any]:
     return {"eval_dir": _s(out), "table_file": _s(out / "alignment_tax.md"), "result": _numbers(res)}
 
 
+def eval_depth_phase(ctx: Context) -> dict[str, Any]:
+    """Test-time depth: the final checkpoint at R, 2R, 4R steps on graphs larger than trained
+    (`depth_eval.py`); writes `eval-depth/depth_sweep.json`."""
+    from looplm.reproduce.depth_eval import SWEEP_JSON, depth_sweep, larger_sizes
+
+    sizes = larger_sizes(ctx.budget)
+    path = ctx.path("eval-depth", SWEEP_JSON)
+    device = "cuda" if ctx.cfg.device != "cpu" and _cuda() else "cpu"
+    res = depth_sweep(ctx.outputs["train-spec"]["ckpt_dir"], sizes, ctx.budget.depth_eval_n, ctx.cfg.seed, path,
+                      device=device)
+    return {"sweep_file": _s(path), "skipped": res["skipped"],
+            "trained": {t: v["trained"] for t, v in sizes.items()},
+            "accuracy": {t: e["accuracy"] for t, e in res["sweep"].items()}}
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def report_phase(ctx: Context) -> dict[str, Any]:
     from looplm.reproduce.report import write_report
 
@@ -296,7 +317,7 @@ def phases(cfg) -> list[Phase]:
     def sett(*keys):
         return lambda ctx: {"budget": {k: getattr(b, k) for k in keys}, "seed": cfg.seed, "preset": cfg.preset}
 
-    data_keys = ("mix_tokens", "clrs_nodes", "logic_nodes", "sft_sizes", "sft_math_sizes", "grpo_prompts")
+    data_keys = ("mix_tokens", "mix", "clrs_nodes", "logic_nodes", "sft_sizes", "sft_math_sizes", "grpo_prompts")
     grpo_keys = ("grpo_prompts_per_step", "grpo_group", "grpo_max_new", "grpo_lr")
     table = [
         Phase("tokenizer", tokenizer_phase, (), sett("vocab_size")),
@@ -322,5 +343,7 @@ def phases(cfg) -> list[Phase]:
                                                                          "pretrain_batch", "pretrain_seq_len")))
     deps = tuple(p.name for p in table if p.name in EVAL_COLUMNS)
     table.append(Phase("eval", eval_phase, deps, lambda ctx: {"n": b.eval_n, "gsm8k": cfg.gsm8k}))
+    table.append(Phase("eval-depth", eval_depth_phase, ("train-spec",),
+                       sett("depth_eval_n", "logic_nodes", "clrs_nodes")))
     table.append(Phase("report", report_phase, tuple(p.name for p in table), always=True))
     return table

@@ -20,6 +20,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from looplm.reproduce.claims import claims_blocks
+from looplm.reproduce.report_extra import adaexit_kind_blocks, depth_sweep_blocks
+
 Block = tuple  # ("h", level, text) | ("p", text) | ("table", headers, rows) | ("img", path, caption)
 
 
@@ -220,6 +223,7 @@ def _speed(ctx) -> list[Block]:
         blocks += [("h", 3, "AdaExit"), ("table", ["", "measured"], rows)]
         if cal.get("plot") and Path(cal["plot"]).is_file():
             blocks.append(("img", Path(cal["plot"]), "Agreement with full depth vs core FLOPs saved"))
+        blocks += adaexit_kind_blocks(cal)
     spec = _read_json(Path(_get(ctx.outputs, "train-spec", "ckpt_dir") or "") / "train_spec.json")
     if spec:
         dec = spec.get("decoding", {})
@@ -317,12 +321,14 @@ def build(ctx, manifest: dict, order: list[str]) -> list[Block]:
         ("h", 1, f"looplm reproduction report: preset `{cfg.preset}`"),
         ("p", f"Sources: text = `{cfg.text}`, chat = `{cfg.chat}`, replay share = {cfg.replay}, seed = {cfg.seed}. "
               f"Every number below was measured in this run; see `reproduce.json` for inputs and logs."),
+        *claims_blocks(ctx),  # the research report's claims vs this run, first
         ("h", 2, "1. Model and parameters"), *_params(ctx),
         ("h", 2, "2. Pre-training data and curves"), *_data(ctx), *_training(ctx, figs),
         ("h", 2, "3-4. GRPO with outcome and process rewards"), *_grpo(ctx, figs),
         ("h", 2, "5. Speed calibration and audit"), *_speed(ctx), ("h", 3, "Pathology audit"), *_audit(ctx),
         ("h", 2, "6. The alignment tax"), *_tax(ctx),
         ("h", 3, "Replay of pre-training-format data"), *_replay(ctx),
+        ("h", 2, "Test-time depth on larger graphs"), *depth_sweep_blocks(ctx),
         ("h", 2, "Core KV ablation (anchored vs per-step)"), *_ablation(ctx),
         ("h", 2, "Wall time per phase"), *_times(manifest, order),
     ]
