@@ -37,7 +37,9 @@ from benchmarks.common import figure, write_record  # noqa: E402
 from benchmarks.make_results import fmt_met, fmt_target, fmt_value  # noqa: E402
 
 TARGET_MINUTES = {"tiny": 30.0}
-TARGET_DFS, TARGET_RETAINED = 95.0, 80.0
+# issue 14's figures for the tiny report card
+TARGET_DFS, TARGET_CLRS_BEFORE, TARGET_TAX_DROP, TARGET_RETAINED = 90.0, 50.0, 20.0, 80.0
+TARGET_SFT_WORD_PROBLEMS, TARGET_ADAEXIT_SAVED, TARGET_ADAEXIT_AGREEMENT = 10.0, 35.0, 99.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,7 +90,8 @@ def figures_from_run(out: Path, preset: str) -> tuple[list[dict], list[str]]:
                                f">= {TARGET_DFS:g}", headline=True))
         before, after = clrs.get("pretrain"), clrs.get("train-spec")
         if before is not None and after is not None:
-            figs += [figure("CLRS-DFS final pi before alignment (pre-trained)", pct(before), "%"),
+            figs += [figure("CLRS-DFS final pi before alignment (pre-trained)", pct(before), "%",
+                            f">= {TARGET_CLRS_BEFORE:g}", headline=True),
                      figure("CLRS-DFS final pi after alignment with replay (final model)", pct(after), "%"),
                      figure("CLRS-DFS after alignment with replay, share of before",
                             round(100 * after / before, 1) if before else None, "%", f">= {TARGET_RETAINED:g}",
@@ -98,6 +101,14 @@ def figures_from_run(out: Path, preset: str) -> tuple[list[dict], list[str]]:
         if clrs.get("grpo-outcome-noreplay") is not None:
             figs.append(figure("CLRS-DFS final pi after alignment without replay (grpo-outcome-noreplay)",
                                pct(clrs["grpo-outcome-noreplay"]), "%"))
+            if before is not None:
+                figs.append(figure("CLRS-DFS drop without replay (pre-trained minus grpo-outcome-noreplay)",
+                                   round(100 * (before - clrs["grpo-outcome-noreplay"]), 1), " points",
+                                   f">= {TARGET_TAX_DROP:g}", headline=True))
+        wp = acc.get("word-problems", {}).get("sft")
+        if wp is not None:
+            figs.append(figure("word problems pass@1 of the SFT model", pct(wp), "%",
+                               f">= {TARGET_SFT_WORD_PROBLEMS:g}", headline=True))
     else:
         notes.append("no eval/alignment_tax.json: the eval phase did not run")
     proc = _last_pass(out / "grpo-process" / "metrics.jsonl")
@@ -109,8 +120,17 @@ def figures_from_run(out: Path, preset: str) -> tuple[list[dict], list[str]]:
     cal = _json(out / "calibrate-halt" / "calibration.json")
     if cal:
         ch, sp = cal["chosen"], cal.get("speed", {})
-        figs += [figure("AdaExit core FLOPs saved on the final model", pct(ch["core_flops_saved"]), "%", headline=True),
-                 figure("AdaExit agreement with full depth (per token)", pct(ch["agreement"]), "%")]
+        figs += [figure("AdaExit core FLOPs saved on the final model", pct(ch["core_flops_saved"]), "%",
+                        f">= {TARGET_ADAEXIT_SAVED:g}", headline=True),
+                 figure("AdaExit agreement with full depth (per token)", pct(ch["agreement"]), "%",
+                        f">= {TARGET_ADAEXIT_AGREEMENT:g}")]
+        kinds = {k: v for k, v in ((cal.get("exit_steps_by_kind") or {}).get("kinds") or {}).items()
+                 if isinstance(v, dict) and v.get("count") and v.get("mean_exit_step") is not None}
+        if len(kinds) >= 2:
+            means = {k: v["mean_exit_step"] for k, v in kinds.items()}
+            hi, lo = max(means, key=means.get), min(means, key=means.get)
+            figs.append(figure(f"AdaExit mean exit step, latest kind ({hi}) minus earliest ({lo})",
+                               round(means[hi] - means[lo], 3), " steps", "> 0"))
         figs += [figure(f"AdaExit tokens/s speedup, batch {k.removeprefix('batch_')}", round(v["speedup"], 2), "x",
                         headline=k == "batch_1") for k, v in sp.items() if k.startswith("batch_")]
     spec = _json(out / "final" / "train_spec.json")

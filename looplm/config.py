@@ -5,7 +5,7 @@ raises `ConfigError` naming the bad field and its allowed range. Presets:
 
 - `tiny`: ~1.2M parameters for the whole pipeline on a 2-core CPU: 2 prelude blocks, 1 grouped-query
   core block unrolled R = 2 times with keys read once per token from the prelude output, 2 coda
-  blocks, e = norm(prelude(x)) at RMS 0.1 at init (the report's 4/2/4 layout at R = 8 cost about 3x the
+  blocks, e = norm(prelude(x)) at RMS 0.3 at init (the report's 4/2/4 layout at R = 8 cost about 3x the
   time per update on this CPU; `benchmarks/LEARNING_LOG.md` has the trials);
 - `small`: ~15M parameters, for CPU benchmarks and quick GPU runs;
 - `report-200m`: within 1% of the report's 124.13M physical / 176.29M virtual parameters at R = 8.
@@ -186,10 +186,10 @@ class ModelConfig:
 
 PRESETS: dict[str, ModelConfig] = {
     # tiny: 2 prelude / 1 core block x R = 2 / 2 coda; a GQA core with anchored keys, W_s = I and
-    # alpha ~ 0.98 (a residual loop with input injection), trials P-Y; e at RMS 0.1 and the step signal
-    # from zero, trials F-G (benchmarks/LEARNING_LOG.md)
+    # alpha ~ 0.98 (a residual loop with input injection), trials P-Y; e at RMS 0.3 and the step signal
+    # from zero, trials F-G and I (benchmarks/LEARNING_LOG.md)
     "tiny": ModelConfig(n_prelude=2, n_core=1, n_coda=2, recurrence=2, core_kv="anchored", core_attn="gqa",
-                        adapter_state_gain=1.0, depth_gate_bias=4.0, e_scale=0.1, step_emb_out_gain=0.0),
+                        adapter_state_gain=1.0, depth_gate_bias=4.0, e_scale=0.3, step_emb_out_gain=0.0),
     "small": ModelConfig(
         vocab_size=8192, max_seq_len=1024, d_model=384, n_heads=6, head_dim=64, n_kv_heads=2,
         mlp_hidden=1024, core_mlp_hidden=768, kv_latent_dim=64, rope_dim=32, mod_rank=8,

@@ -271,11 +271,14 @@ def test_bench_reproduce_reads_the_figures_of_a_run(tmp_path):
     labels = ["pretrain", "sft", "grpo-outcome-noreplay", "train-spec"]
     put("eval/alignment_tax.json", {"labels": labels, "steps": [4] * 4,
                                     "rows": {"dfs-verbal": [0.0, 0.1, 0.05, 0.125],
-                                             "clrs-dfs": [0.08, 0.05, 0.0, 0.06]}})
+                                             "clrs-dfs": [0.08, 0.05, 0.0, 0.06],
+                                             "word-problems": [0.0, 0.15, 0.1, 0.12]}})
     put("grpo-process/metrics.jsonl", '{"step": 1, "eval/pass@1": 0.1}\n{"step": 2, "eval/pass@1": 0.25}\n')
     put("grpo-outcome-cmp/metrics.jsonl", '{"step": 2, "eval/pass@1": 0.125}\n')
+    kinds = {"node label": {"count": 10, "mean_exit_step": 1.8}, "punctuation/format": {"count": 5, "mean_exit_step": 1.2}}
     put("calibrate-halt/calibration.json", {"chosen": {"core_flops_saved": 0.75, "agreement": 0.994},
-                                            "speed": {"batch_1": {"speedup": 1.68}, "batch_8": {"speedup": 2.2}}})
+                                            "speed": {"batch_1": {"speedup": 1.68}, "batch_8": {"speedup": 2.2}},
+                                            "exit_steps_by_kind": {"kinds": kinds}})
     put("final/train_spec.json", {"decoding": {"speedup": 1.5, "identical": True}})
     figs, notes = bench_reproduce.figures_from_run(tmp_path, "tiny")
     f = {x["name"]: x for x in figs}
@@ -283,6 +286,13 @@ def test_bench_reproduce_reads_the_figures_of_a_run(tmp_path):
     assert f["DFS verbal exact match after alignment (final model)"]["value"] == 12.5
     assert f["CLRS-DFS after alignment with replay, share of before"]["value"] == 75.0  # 0.06 / 0.08
     assert f["CLRS-DFS after alignment with replay, share of before"]["met"] is False
+    assert f["CLRS-DFS final pi before alignment (pre-trained)"]["met"] is False  # 8% < 50%
+    assert f["CLRS-DFS drop without replay (pre-trained minus grpo-outcome-noreplay)"]["value"] == 8.0
+    assert f["word problems pass@1 of the SFT model"]["value"] == 15.0
+    assert f["word problems pass@1 of the SFT model"]["met"] is True
+    kind = f["AdaExit mean exit step, latest kind (node label) minus earliest (punctuation/format)"]
+    assert kind["value"] == 0.6 and kind["met"] is True
+    assert f["AdaExit core FLOPs saved on the final model"]["met"] is True
     assert f["held-out word problems pass@1, process minus outcome reward (same start, same steps)"]["value"] == 12.5
     assert f["AdaExit tokens/s speedup, batch 8"]["value"] == 2.2
     assert f["speculative output == greedy output"]["met"] is True
