@@ -11,6 +11,10 @@ pack them into shards, and write `manifest.json`.
   validation document is left out of train and counted in the manifest (`dropped_val_duplicates`).
 - A finite source (hub/local) that runs out is an error unless `allow_repeat`, in which case it is
   re-read (the manifest records `epochs`).
+- Every token also gets a loss-mask byte (`train_mask_*.bin`, `val_<domain>_mask.bin`, listed under
+  the manifest's `loss_mask`): 1 on the answer of a question + answer document (the tokens that
+  hold any answer character, and the EOS after it), 0 on its question; 1 on every token of a plain
+  text document. `looplm pretrain --loss-on answers` scores only the 1s.
 - Memory is bounded: documents are tokenised in batches of `batch_docs` and written through
   `ShardWriter`'s fixed buffer; only validation-document hashes are kept.
 
@@ -30,7 +34,7 @@ import numpy as np
 
 from looplm.data.jsonl import text_hash, write_json
 from looplm.data.shards import DEFAULT_SHARD_TOKENS, FORMAT, MANIFEST, ShardWriter, token_dtype
-from looplm.data.sources import (Source, derive_seed, describe, finite_docs, generated_docs,
+from looplm.data.sources import (Source, answer_start, derive_seed, describe, finite_docs, generated_docs,
                                  resolve_sources)
 from looplm.tasks.base import DataSourceError
 from looplm.tokenizer import Tokenizer
@@ -84,18 +88,27 @@ def parse_mix(text: str) -> dict[str, float]:
 # ----------------------------------------------------------------------------- token streams
 
 
-def _tokenized(docs: Iterator[str], tok: Tokenizer, batch_docs: int) -> Iterator[tuple[str, np.ndarray]]:
-    """(text, ids + EOS) per document, tokenised `batch_docs` at a time."""
+Tokens = tuple[np.ndarray, np.ndarray]  # (ids + EOS, loss mask of the same length, uint8)
+
+
+def _tokenized(docs: Iterator[str], tok: Tokenizer, batch_docs: int) -> Iterator[tuple[str, Tokens]]:
+    """(text, (ids + EOS, mask)) per document, tokenised `batch_docs` at a time. The mask is 1 on
+    the tokens that end after `answer_start(text)` (any token holding an answer character) and on
+    the EOS."""
     dtype = token_dtype(tok.vocab_size)
     while True:
         batch = [d for _, d in zip(range(batch_docs), docs)]
         if not batch:
             return
-        for text, ids in zip(batch, tok.encode_batch(batch)):
-            arr = np.empty(len(ids) + 1, dtype=dtype)
-            arr[:-1] = ids
+        for text, enc in zip(batch, tok.hf.encode_batch(batch, add_special_tokens=False)):
+            arr = np.empty(len(enc.ids) + 1, dtype=dtype)
+            arr[:-1] = enc.ids
             arr[-1] = tok.eos_id
-            yield text, arr
+            mask = np.ones(len(arr), dtype=np.uint8)
+            start = answer_start(text)
+            if start:
+                mask[:-1] = np.fromiter((end > start for _, end in enc.offsets), dtype=np.uint8, count=len(enc.ids))
+            yield text, (arr, mask)
 
 
 @dataclass
@@ -108,8 +121,8 @@ class DomainStats:
     epochs: int = 1
 
 
-def _write_val(stream: Iterator[tuple[str, np.ndarray]], writer: ShardWriter, val_tokens: int,
-               stats: DomainStats, label: str) -> set[bytes]:
+def _write_val(stream: Iterator[tuple[str, Tokens]], writer: ShardWriter, mask_writer: ShardWriter,
+               val_tokens: int, stats: DomainStats, label: str) -> set[bytes]:
     """Write whole documents until `val_tokens` are reached; returns their text hashes."""
     hashes: set[bytes] = set()
     while stats.val_tokens < val_tokens:
@@ -117,8 +130,9 @@ def _write_val(stream: Iterator[tuple[str, np.ndarray]], writer: ShardWriter, va
         if item is None:
             raise DataBuildError(f"{label}: source ran out after {stats.val_tokens} validation tokens "
                                  f"(--val-tokens {val_tokens}); give a larger source or fewer --val-tokens")
-        text, ids = item
+        text, (ids, mask) = item
         writer.write(ids)
+        mask_writer.write(mask)
         hashes.add(text_hash(text))
         stats.val_docs += 1
         stats.val_tokens += len(ids)
@@ -126,7 +140,7 @@ def _write_val(stream: Iterator[tuple[str, np.ndarray]], writer: ShardWriter, va
 
 
 def _train_docs(src: Source, cfg: MixConfig, tok: Tokenizer, stats: DomainStats, val_hashes: set[bytes],
-                rest: Iterator[tuple[str, np.ndarray]] | None, label: str) -> Iterator[np.ndarray]:
+                rest: Iterator[tuple[str, Tokens]] | None, label: str) -> Iterator[Tokens]:
     """Train documents of one domain (val duplicates left out and counted); finite sources are
     continued from `rest` (the pass that produced validation) and re-read only if `allow_repeat`."""
     if src.kind == "generated":
@@ -155,20 +169,20 @@ def _train_docs(src: Source, cfg: MixConfig, tok: Tokenizer, stats: DomainStats,
 # ----------------------------------------------------------------------------- interleaving
 
 
-def interleave(streams: dict[str, Iterator[np.ndarray]], shares: dict[str, float], total: int,
-               write: Callable[[str, np.ndarray], None]) -> dict[str, int]:
-    """Write exactly `total` tokens, always taking the next document from the domain with the
-    smallest tokens/share (ties: first in `shares` order); the last document is cut. Returns the
+def interleave(streams: dict[str, Iterator[Tokens]], shares: dict[str, float], total: int,
+               write: Callable[[str, np.ndarray, np.ndarray], None]) -> dict[str, int]:
+    """Write exactly `total` tokens, always taking the next document (ids, mask) from the domain with
+    the smallest tokens/share (ties: first in `shares` order); the last document is cut. Returns the
     tokens written per domain."""
     counts = {d: 0 for d in shares}
     written = 0
     order = list(shares)
     while written < total:
         d = min(order, key=lambda k: counts[k] / shares[k])
-        ids = next(streams[d])
+        ids, mask = next(streams[d])
         if written + len(ids) > total:
-            ids = ids[: total - written]
-        write(d, ids)
+            ids, mask = ids[: total - written], mask[: total - written]
+        write(d, ids, mask)
         counts[d] += len(ids)
         written += len(ids)
     return counts
@@ -220,6 +234,7 @@ def _build(cfg: MixConfig, tok: Tokenizer, sources: dict[str, Source], out: Path
     dtype = token_dtype(tok.vocab_size)
     stats = {d: DomainStats() for d in cfg.mix}
     val_files: dict[str, dict[str, Any]] = {}
+    val_masks: dict[str, dict[str, Any]] = {}
     streams: dict[str, Iterator[np.ndarray]] = {}
     for d, src in sources.items():
         label = f"domain {d!r} ({src.spec})"
@@ -229,22 +244,26 @@ def _build(cfg: MixConfig, tok: Tokenizer, sources: dict[str, Source], out: Path
         else:
             val_stream = _tokenized(finite_docs(src), tok, cfg.batch_docs)
         vw = ShardWriter(out, f"val_{d}", dtype, single=True)
-        hashes = _write_val(val_stream, vw, cfg.val_tokens, stats[d], label)
+        vmw = ShardWriter(out, f"val_{d}_mask", np.dtype(np.uint8), single=True)
+        hashes = _write_val(val_stream, vw, vmw, cfg.val_tokens, stats[d], label)
         val_files[d] = {**vw.close()[0], "docs": stats[d].val_docs}
+        val_masks[d] = vmw.close()[0]
         streams[d] = _train_docs(src, cfg, tok, stats[d], hashes, val_stream, label)
         log(f"{d}: {stats[d].val_docs} validation documents ({stats[d].val_tokens} tokens)")
 
     writer = ShardWriter(out, "train", dtype, shard_tokens=cfg.shard_tokens)
+    mask_writer = ShardWriter(out, "train_mask", np.dtype(np.uint8), shard_tokens=cfg.shard_tokens)
     last_is_eos = [True]
 
-    def write(d: str, ids: np.ndarray) -> None:
+    def write(d: str, ids: np.ndarray, mask: np.ndarray) -> None:
         writer.write(ids)
+        mask_writer.write(mask)
         stats[d].train_docs += 1
         stats[d].train_tokens += len(ids)
         last_is_eos[0] = int(ids[-1]) == tok.eos_id
 
     counts = interleave(streams, cfg.mix, cfg.tokens, write)
-    shards = writer.close()
+    shards, mask_shards = writer.close(), mask_writer.close()
     achieved = {d: counts[d] / cfg.tokens for d in cfg.mix}
     bad = {d: a for d, a in achieved.items() if abs(a - cfg.mix[d]) > SHARE_TOLERANCE}
     if bad:
@@ -268,6 +287,8 @@ def _build(cfg: MixConfig, tok: Tokenizer, sources: dict[str, Source], out: Path
                         **vars(stats[d])} for d in cfg.mix},
         "train": {"tokens": sum(s["tokens"] for s in shards), "shards": shards},
         "val": val_files,
+        "loss_mask": {"dtype": "uint8", "scores": "answers of question+answer documents, all of other text",
+                      "train": {"shards": mask_shards}, "val": val_masks},
     }
     tok.save(out)  # the data directory carries its tokenizer
     return manifest

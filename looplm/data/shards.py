@@ -5,12 +5,20 @@ validation file per domain `val_<domain>.bin`: raw little-endian token ids (uint
 has <= 65535 ids, else uint32), documents joined by EOS. Shards are written through a fixed-size
 buffer, so memory stays bounded whatever the token count.
 
+Next to the tokens, a build may hold a loss mask (`loss_mask` in the manifest; one uint8 per token,
+1 where pre-training with `--loss-on answers` scores the token: see `looplm.data.mixture`).
+
 `PretrainData.open(dir)` memory-maps them and offers:
 - `sample_batch(B, T, rng, rank, world_size)`: seeded random windows `(B, T+1)` (inputs `[:, :-1]`,
   targets `[:, 1:]`); rank r draws only from the r-th contiguous 1/world_size of the train tokens;
+- `sample_windows(..., windows="random"|"documents")`: the same with the loss mask and a validity
+  mask; "documents" windows start at a document boundary (the EOS before a document, the token
+  every prompt starts with), so no scored answer has lost its question; a window that runs past the
+  end of its shard is padded (EOS, not valid);
 - `iter_batches(B, T, rank, world_size, split)`: sequential windows with stride T (each token is a
   target once); window k belongs to rank k // B % world_size, so ranks get disjoint windows and the
-  same number of batches.
+  same number of batches; `iter_documents` does the same with one document per window (its own
+  tokens valid, the rest of the window not), so every document is scored exactly once.
 
 Simplification: windows never cross shard boundaries (with the default shard size a 60M-token
 build is one shard); batches are numpy int64 (`torch.from_numpy` on the caller's side).
@@ -21,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
@@ -111,6 +119,16 @@ class ShardWriter:
 
 # ----------------------------------------------------------------------------- reader
 
+class Windows(NamedTuple):
+    """A batch of windows `(B, T+1)`: token ids (int64), loss mask (uint8, 1 = an answer or text token;
+    all ones when the data has no mask) and valid (bool, False on padding and, for `iter_documents`,
+    on the tokens after the window's document)."""
+
+    tokens: np.ndarray
+    mask: np.ndarray
+    valid: np.ndarray
+
+
 _REQUIRED = ("format", "vocab_size", "dtype", "tokenizer_sha256", "train", "val", "domains")
 
 
@@ -150,11 +168,14 @@ class PretrainData:
     """A built pre-training directory, memory-mapped. `.train` is the list of train shards."""
 
     def __init__(self, directory: Path, manifest: dict[str, Any], train: list[np.memmap],
-                 val: dict[str, np.memmap]):
+                 val: dict[str, np.memmap], train_mask: list[np.memmap] | None = None,
+                 val_mask: dict[str, np.memmap] | None = None):
         self.directory = directory
         self.manifest = manifest
         self.train = train
         self.val = val
+        self.train_mask, self.val_mask = train_mask, val_mask
+        self._eos_cache: dict[tuple[str, int], np.ndarray] = {}
         self.vocab_size: int = int(manifest["vocab_size"])
         self.tokenizer_sha256: str = manifest["tokenizer_sha256"]
         self.dtype = np.dtype(manifest["dtype"])
@@ -168,7 +189,24 @@ class PretrainData:
         dtype = np.dtype(m["dtype"])
         train = [_map(d, s, dtype, verify) for s in m["train"]["shards"]]
         val = {dom: _map(d, e, dtype, verify) for dom, e in m["val"].items()}
-        return cls(d, m, train, val)
+        lm = m.get("loss_mask")
+        if lm is None:
+            return cls(d, m, train, val)
+        u8 = np.dtype(np.uint8)
+        try:
+            train_mask = [_map(d, s, u8, verify) for s in lm["train"]["shards"]]
+            val_mask = {dom: _map(d, lm["val"][dom], u8, verify) for dom in val}
+        except (KeyError, TypeError) as e:
+            raise ManifestError(f"{d / MANIFEST}: incomplete loss_mask entry ({type(e).__name__}: {e})") from e
+        for what, toks, masks in [("train", train, train_mask)] + [(f"val {k}", [val[k]], [val_mask[k]]) for k in val]:
+            if [len(t) for t in toks] != [len(x) for x in masks]:
+                raise ManifestError(f"{d}: the {what} loss-mask shards do not match the token shards in length")
+        return cls(d, m, train, val, train_mask, val_mask)
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether the build holds a loss mask (built by a looplm with `loss_mask` in the manifest)."""
+        return self.train_mask is not None
 
     @property
     def train_tokens(self) -> int:
@@ -187,14 +225,70 @@ class PretrainData:
             return [self.val[split]]
         raise KeyError(f"unknown split {split!r}; splits: train, {', '.join(self.val)}")
 
+    def _mask_arrays(self, split: str) -> list[np.ndarray] | None:
+        if self.train_mask is None:
+            return None
+        return self.train_mask if split == "train" else [self.val_mask[split]]
+
+    def _doc_starts(self, split: str, i: int) -> np.ndarray:
+        """Positions of the EOS tokens of array i of a split (each one opens the next document)."""
+        if self.eos_id is None:
+            raise ManifestError(f"{self.directory}: the manifest records no eos_id, so documents cannot be found")
+        key = (split, i)
+        if key not in self._eos_cache:
+            self._eos_cache[key] = np.flatnonzero(np.asarray(self._arrays(split)[i]) == self.eos_id)
+        return self._eos_cache[key]
+
+    def _gather(self, split: str, picks: list[tuple[int, int]], seq_len: int) -> Windows:
+        """Windows of seq_len + 1 tokens at (array index, start), padded past an array's end."""
+        arrays, masks = self._arrays(split), self._mask_arrays(split)
+        tokens = np.full((len(picks), seq_len + 1), self.eos_id if self.eos_id is not None else 0, dtype=np.int64)
+        mask = np.zeros(tokens.shape, dtype=np.uint8)
+        valid = np.zeros(tokens.shape, dtype=bool)
+        for row, (i, s) in enumerate(picks):
+            part = arrays[i][s: s + seq_len + 1]
+            tokens[row, :len(part)] = part
+            mask[row, :len(part)] = masks[i][s: s + seq_len + 1] if masks is not None else 1
+            valid[row, :len(part)] = True
+        return Windows(tokens, mask, valid)
+
+    def sample_windows(self, batch_size: int, seq_len: int, rng: np.random.Generator | int, rank: int = 0,
+                       world_size: int = 1, split: str = "train", windows: str = "random") -> Windows:
+        """`batch_size` windows of `seq_len + 1` tokens with their masks: at uniformly random token
+        offsets ("random") or at the start of the document that holds a uniformly random token
+        ("documents": a document is drawn in proportion to its length, so the domains keep their
+        token shares) within this rank's contiguous part of the split. `rng` is a Generator or a seed."""
+        _check_rank(rank, world_size)
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        if windows == "random":
+            return self._gather(split, self._random_starts(batch_size, seq_len, rng, rank, world_size, split), seq_len)
+        if windows != "documents":
+            raise ValueError(f"windows must be 'random' or 'documents', got {windows!r}")
+        segs = _rank_segments([len(a) for a in self._arrays(split)], rank, world_size)
+        starts, weights = [], []
+        for i, lo, hi in segs:
+            eos = self._doc_starts(split, i)
+            eos = eos[(eos >= lo) & (eos < hi - 1)]  # a document follows inside this rank's part
+            starts += [(i, int(p)) for p in eos]
+            weights.append(np.diff(eos, append=hi))  # the document's length (+ its opening EOS)
+        if not starts:
+            raise ValueError(f"split {split!r} (rank {rank}/{world_size}) holds no document boundary")
+        cum = np.cumsum(np.concatenate(weights))  # a document is drawn in proportion to its length
+        picks = np.searchsorted(cum, rng.integers(0, int(cum[-1]), size=batch_size), side="right")
+        return self._gather(split, [starts[int(j)] for j in picks], seq_len)
+
     def sample_batch(self, batch_size: int, seq_len: int, rng: np.random.Generator | int,
                      rank: int = 0, world_size: int = 1, split: str = "train") -> np.ndarray:
         """`(batch_size, seq_len + 1)` int64 windows at uniformly random offsets within this rank's
         contiguous part of the split. `rng` is a Generator or a seed."""
         _check_rank(rank, world_size)
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        return self._gather(split, self._random_starts(batch_size, seq_len, rng, rank, world_size, split),
+                            seq_len).tokens
+
+    def _random_starts(self, batch_size: int, seq_len: int, rng: np.random.Generator, rank: int, world_size: int,
+                       split: str) -> list[tuple[int, int]]:
         segs = _rank_segments([len(a) for a in self._arrays(split)], rank, world_size)
-        arrays = self._arrays(split)
         starts = [(i, lo, hi - lo - seq_len) for i, lo, hi in segs if hi - lo > seq_len]  # n valid starts
         total = sum(n for _, _, n in starts)
         if total <= 0:
@@ -202,18 +296,22 @@ class PretrainData:
                              f"{seq_len + 1} tokens")
         picks = rng.integers(0, total, size=batch_size)
         offsets = np.cumsum([0] + [n for _, _, n in starts])
-        out = np.empty((batch_size, seq_len + 1), dtype=np.int64)
-        for row, p in enumerate(picks):
+        out = []
+        for p in picks:
             k = int(np.searchsorted(offsets, p, side="right") - 1)
             i, lo, _ = starts[k]
-            s = lo + int(p - offsets[k])
-            out[row] = arrays[i][s: s + seq_len + 1]
+            out.append((i, lo + int(p - offsets[k])))
         return out
 
     def iter_batches(self, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
                      split: str = "train") -> Iterator[np.ndarray]:
         """Sequential `(batch_size, seq_len + 1)` int64 windows (stride `seq_len`) in order; every
         rank yields the same number of batches (an incomplete last round is left out)."""
+        return (w.tokens for w in self.iter_windows(batch_size, seq_len, rank, world_size, split))
+
+    def iter_windows(self, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
+                     split: str = "train") -> Iterator[Windows]:
+        """`iter_batches` with the masks."""
         _check_rank(rank, world_size)
         arrays = self._arrays(split)
         counts = [max(0, (len(a) - 1) // seq_len) for a in arrays]  # windows per array
@@ -221,12 +319,27 @@ class PretrainData:
         per_round = batch_size * world_size
         for r in range(int(offsets[-1]) // per_round):
             first = r * per_round + rank * batch_size
-            rows = []
+            picks = []
             for w in range(first, first + batch_size):
                 i = int(np.searchsorted(offsets, w, side="right") - 1)
-                s = (w - int(offsets[i])) * seq_len
-                rows.append(np.asarray(arrays[i][s: s + seq_len + 1], dtype=np.int64))
-            yield np.stack(rows)  # (B, T+1)
+                picks.append((i, (w - int(offsets[i])) * seq_len))
+            yield self._gather(split, picks, seq_len)  # (B, T+1) each
+
+    def iter_documents(self, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
+                       split: str = "train") -> Iterator[Windows]:
+        """One document per window, in order (window k starts at the k-th EOS, the document's own
+        tokens valid, cut at seq_len + 1); window k belongs to rank k // B % world_size and every rank
+        yields the same number of batches (an incomplete last round is left out)."""
+        _check_rank(rank, world_size)
+        starts = [(i, int(p)) for i in range(len(self._arrays(split)))
+                  for p in self._doc_starts(split, i) if p + 1 < len(self._arrays(split)[i])]
+        per_round = batch_size * world_size
+        for r in range(len(starts) // per_round):
+            first = r * per_round + rank * batch_size
+            w = self._gather(split, starts[first: first + batch_size], seq_len)
+            body = np.cumsum(w.tokens[:, 1:] == self.eos_id, axis=1) == 0  # before the document's own EOS
+            w.valid[:, 2:] &= body[:, :-1]  # the EOS that ends the document stays valid
+            yield w
 
     def __repr__(self) -> str:
         return (f"PretrainData({str(self.directory)!r}, train_tokens={self.train_tokens}, "

@@ -15,7 +15,8 @@ synthetic English (small vocabulary; for offline runs, not a stand-in for WikiTe
 Rows are read by `looplm.tasks.datasource.iter_rows` (split "train" unless a hub spec names one):
 `hub:NAME...` datasets, `.jsonl`/`.json`/`.parquet`/`.csv` files, hub-layout and `save_to_disk`
 directories. A document is `question + answer` (joined by a newline unless the question already ends
-with one, which is the CLRS-Text layout) or a row's `text`. Plain-text files (any other suffix) and
+with one, which is the CLRS-Text layout; a `QADoc` that remembers where the answer starts) or a
+row's `text`. Plain-text files (any other suffix) and
 the rows of the WikiText hub dataset are lines: one paragraph per non-blank line (the WikiText
 layout), CRLF turned into LF, a heading line (`= Title =`) attached to the paragraph after it.
 
@@ -113,8 +114,30 @@ def derive_seed(seed: int, *parts: str) -> int:
     return int.from_bytes(h[:4], "big") & 0x7FFFFFFF
 
 
-def join_qa(question: str, answer: str) -> str:
-    return question + answer if question.endswith("\n") else question + "\n" + answer
+class QADoc(str):
+    """A question + answer document: the text, plus `answer_start`, the index of the answer's first
+    character (pre-training can score the answer only: `looplm pretrain --loss-on answers`). Any
+    other document is a plain `str`, which `answer_start` treats as all answer."""
+
+    answer_start: int
+
+    def __new__(cls, text: str, answer_start: int) -> "QADoc":
+        if not 0 <= answer_start <= len(text):
+            raise ValueError(f"answer_start {answer_start} outside a document of {len(text)} characters")
+        doc = super().__new__(cls, text)
+        doc.answer_start = answer_start
+        return doc
+
+
+def answer_start(doc: str) -> int:
+    """Where the scored part of a document begins: a QADoc's answer, the whole of any other text."""
+    return doc.answer_start if isinstance(doc, QADoc) else 0
+
+
+def join_qa(question: str, answer: str) -> QADoc:
+    """`question` + newline (unless it ends with one) + `answer`, remembering where the answer starts."""
+    q = question if question.endswith("\n") else question + "\n"
+    return QADoc(q + answer, len(q))
 
 
 # ----------------------------------------------------------------------------- generated

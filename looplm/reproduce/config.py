@@ -32,6 +32,8 @@ class Budget:
     pretrain_seq_len: int
     pretrain_lr: float
     pretrain_warmup: int
+    pretrain_loss_on: str  # "answers" (the data's loss mask) or "all" tokens
+    pretrain_windows: str  # "documents" (windows open at a document) or "random"
     mean_steps: float
     min_depth: int  # floor of the sampled depth in pre-training and SFT
     bptt_steps: int
@@ -67,9 +69,10 @@ BUDGETS: dict[str, Budget] = {
         model_preset="tiny", model_overrides=(), vocab_size=2048, mix_tokens=5_000_000,
         # CLRS-Text gets most of pre-training: it is the skill the alignment tax is measured on (512-token
         # windows of 4 were worse: 3.1% vs 9.4% CLRS-DFS before SFT, LEARNING_LOG 2026-12-07 second session)
-        mix=(("clrs", 0.6), ("math", 0.3), ("text", 0.1)), clrs_nodes=(4, 5),
+        mix=(("clrs", 0.75), ("math", 0.2), ("text", 0.05)), clrs_nodes=(4, 5),
         logic_nodes=(4, 6),
-        pretrain_steps=2400, pretrain_batch=8, pretrain_seq_len=256, pretrain_lr=1e-3, pretrain_warmup=60,
+        pretrain_steps=2800, pretrain_batch=8, pretrain_seq_len=256, pretrain_lr=1e-3, pretrain_warmup=60,
+        pretrain_loss_on="answers", pretrain_windows="documents",
         # r̄ + 1 = R = 2, never 1 step, gradients through every step (benchmarks/LEARNING_LOG.md)
         mean_steps=1.0, min_depth=2, bptt_steps=8,
         sft_sizes=(3000, 1000, 1000), sft_math_sizes=(500, 1000, 166), sft_steps=500, sft_batch=8, sft_lr=1e-3,
@@ -82,6 +85,7 @@ BUDGETS: dict[str, Budget] = {
         model_preset="report-200m", model_overrides=(), vocab_size=50304, mix_tokens=60_000_000,
         mix=(("clrs", 0.5), ("math", 0.33), ("text", 0.17)), clrs_nodes=(4, 5, 10, 11, 12, 15, 19, 23), logic_nodes=(4, 8),
         pretrain_steps=7500, pretrain_batch=32, pretrain_seq_len=256, pretrain_lr=6e-4, pretrain_warmup=500,
+        pretrain_loss_on="all", pretrain_windows="random",  # the report's pre-training
         mean_steps=8.0, min_depth=1, bptt_steps=8,
         sft_sizes=(10_000, 1_000, 10_000), sft_math_sizes=(1_000, 333, 333), sft_steps=2000, sft_batch=32,
         sft_lr=1e-4,
@@ -96,6 +100,7 @@ BUDGETS: dict[str, Budget] = {
                                               "core_mlp_hidden=96", "max_seq_len=384", "recurrence=3"),
         vocab_size=2048, mix_tokens=60_000, mix=(("clrs", 0.5), ("math", 0.33), ("text", 0.17)), clrs_nodes=(4,), logic_nodes=(4, 4),
         pretrain_steps=6, pretrain_batch=4, pretrain_seq_len=64, pretrain_lr=1e-3, pretrain_warmup=2,
+        pretrain_loss_on="answers", pretrain_windows="documents",
         mean_steps=3.0, min_depth=1, bptt_steps=2,
         sft_sizes=(40, 20, 20), sft_math_sizes=(10, 20, 5), sft_steps=4, sft_batch=4, sft_lr=1e-3,
         grpo_outcome_steps=2, grpo_process_steps=2, grpo_prompts=24, grpo_prompts_per_step=2, grpo_group=2,

@@ -110,6 +110,7 @@ def _pretrain(ctx: Context, out: Path, steps: int, overrides: list[str], data: s
                                model_overrides=list(b.model_overrides) + overrides,
                                steps=steps, batch_size=b.pretrain_batch, seq_len=b.pretrain_seq_len,
                                lr=b.pretrain_lr, warmup=b.pretrain_warmup, mean_steps=b.mean_steps,
+                               loss_on=b.pretrain_loss_on, windows=b.pretrain_windows,
                                min_depth=b.min_depth, bptt_steps=b.bptt_steps, eval_every=max(steps // 4, 1),
                                save_every=steps, keep=1, seed=ctx.cfg.seed, device=ctx.cfg.device,
                                threads=_threads(ctx), progress=False, log_every=10,
@@ -324,8 +325,8 @@ def phases(cfg) -> list[Phase]:
         Phase("data", data_phase, ("tokenizer",),
               lambda ctx: {**sett(*data_keys)(ctx), "text": cfg.text, "chat": cfg.chat, "replay": cfg.replay}),
         Phase("pretrain", pretrain_phase, ("data",),
-              sett("pretrain_steps", "pretrain_batch", "pretrain_seq_len", "pretrain_lr", "mean_steps", "min_depth",
-                   "bptt_steps")),
+              sett("pretrain_steps", "pretrain_batch", "pretrain_seq_len", "pretrain_lr", "pretrain_loss_on",
+                   "pretrain_windows", "mean_steps", "min_depth", "bptt_steps")),
         Phase("sft", sft_phase, ("pretrain", "data"), sett("sft_steps", "sft_batch", "sft_lr")),
         Phase("sft-noreplay", sft_noreplay_phase, ("pretrain", "data"), sett("sft_steps", "sft_batch", "sft_lr")),
         Phase("grpo-outcome", grpo_outcome_phase, ("sft", "data"), sett("grpo_outcome_steps", *grpo_keys)),
@@ -340,7 +341,8 @@ def phases(cfg) -> list[Phase]:
     ]
     if cfg.ablation:
         table.append(Phase("ablation", ablation_phase, ("data",), sett("ablation_steps", "ablation_eval_n",
-                                                                         "pretrain_batch", "pretrain_seq_len")))
+                                                                         "pretrain_batch", "pretrain_seq_len",
+                                                                         "pretrain_loss_on", "pretrain_windows")))
     deps = tuple(p.name for p in table if p.name in EVAL_COLUMNS)
     table.append(Phase("eval", eval_phase, deps, lambda ctx: {"n": b.eval_n, "gsm8k": cfg.gsm8k}))
     table.append(Phase("eval-depth", eval_depth_phase, ("train-spec",),

@@ -396,8 +396,9 @@ def eval_sums(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tens
                                 (nll * (nbytes > 0)).sum().double(), nbytes.sum().double()])
         all_reduce_sum(acc, d)
         loss, count, lb, nb = acc.tolist()
-        out[n] = {"loss": loss / max(count, 1), "bpb": (lb / math.log(2)) / nb if nb > 0 else float("nan"),
-                  "tokens": int(count)}
+        # nothing scored (e.g. no answer fits the window): NaN, not a loss of 0
+        out[n] = {"loss": loss / count if count else float("nan"),
+                  "bpb": (lb / math.log(2)) / nb if nb > 0 else float("nan"), "tokens": int(count)}
     return out
 
 

@@ -6,7 +6,9 @@ schedule, resume, guard, signals, evaluation/checkpoint cadence and logs): per u
 depth n (Huginn sampler, keyed by step) and k = min(n, bptt_steps); for each of `grad_accum`
 micro-batches draw random windows of seq_len + 1 tokens (generator keyed by seed, step and
 micro-batch; rank r takes its rows of the global batch), forward n steps with gradients through
-the last k, backward (`looplm/train/lm_stage.py`). Evaluation: loss and bits per byte per
+the last k, backward (`looplm/train/lm_stage.py`). `--windows documents` starts every window at a
+document boundary; `--loss-on answers` scores only the answers of question + answer documents (and all
+of plain text), by the data's loss mask; the loss is the mean over the scored targets. Evaluation: loss and bits per byte per
 validation domain at fixed depths. SIGTERM/SIGINT save and exit with 128 + signal number;
 `max_bad_steps` non-finite updates in a row stop with exit code 3.
 
@@ -20,6 +22,9 @@ step / steps, and reaching the budget ends training as reaching `--steps` does (
 checkpoint and `final/`). `--config RUN/run_config.json` replays a run's options (those given
 on the command line win).
 
+Validation follows the same choices: with `--windows documents` every validation document is scored
+once in its own window; with `--loss-on answers` only its answer counts.
+
 Simplification: the data stream is random windows (with replacement) over the train tokens, not
 epochs; "tokens seen" is updates x batch_size x seq_len x grad_accum.
 """
@@ -31,9 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from looplm.train.args import need, need_str, opt_field
+from looplm.train.args import need, need_choice, need_str, opt_field
 from looplm.train.lm_stage import LMBatch, LMStage
 from looplm.train.loop_config import RESUME_FREE, LoopConfig, add_stage_parser, stage_main
+
+
+LOSS_ON = ("answers", "all")  # the default first: it taught CLRS-DFS 4.6x better (benchmarks/LEARNING_LOG.md)
+WINDOWS = ("documents", "random")
 
 
 @dataclass
@@ -46,10 +55,17 @@ class PretrainConfig(LoopConfig):
                                                "d_model=64 (repeatable; not with --init)", metavar="FIELD=VALUE")
     init: str | None = opt_field(None, "start from this checkpoint's weights (a checkpoint or run directory; fresh "
                                        "optimizer, step 0)", metavar="CKPT")
+    loss_on: str = opt_field("answers", "which targets are scored: answers (the answer of each question + answer "
+                                        "document and all plain text, by the data's loss mask) or all tokens",
+                             choices=LOSS_ON)
+    windows: str = opt_field("documents", "where training windows start: at document boundaries (no scored answer "
+                                          "loses its question) or at random tokens", choices=WINDOWS)
 
     def validate(self) -> None:
         super().validate()
         need_str(self, "data")
+        need_choice(self, "loss_on", LOSS_ON)
+        need_choice(self, "windows", WINDOWS)
         need(self, "preset", not (self.init and self.preset), "give --preset or --init, not both "
              "(with --init the model comes from the checkpoint)")
         need(self, "model_overrides", not (self.init and self.model_overrides), "--set cannot change a model "
@@ -109,6 +125,10 @@ def check_inputs(cfg: PretrainConfig, data: Any, tok: Any, model_cfg: Any, origi
     if cfg.batch_size % world:
         raise ConfigError(f"PretrainConfig.batch_size={cfg.batch_size} must be divisible by the world size {world} "
                           f"(option --batch-size)")
+    if cfg.loss_on == "answers" and not data.has_mask:
+        raise ManifestError(f"{data.directory}: --loss-on answers needs the data's loss mask, and this build has "
+                            f"none (manifest without loss_mask); rebuild it with `looplm data pretrain-mix` or "
+                            f"train with --loss-on all")
     if data.train_tokens <= cfg.seq_len:
         raise ManifestError(f"{data.directory}: {data.train_tokens} train tokens, too few for --seq-len {cfg.seq_len}")
     for dom, arr in data.val.items():
@@ -118,16 +138,44 @@ def check_inputs(cfg: PretrainConfig, data: Any, tok: Any, model_cfg: Any, origi
                                 f"or build more --val-tokens)")
 
 
+def scored_targets(w: Any, loss_on: str) -> tuple[Any, Any]:
+    """Inputs [B, T] and targets [B, T] (IGNORE where not scored) of `Windows` of T + 1 tokens."""
+    import numpy as np
+
+    from looplm.train.common import IGNORE
+
+    keep = w.valid[:, 1:] & ((w.mask[:, 1:] > 0) if loss_on == "answers" else True)
+    return w.tokens[:, :-1], np.where(keep, w.tokens[:, 1:], IGNORE)
+
+
+def scored_share(cfg: PretrainConfig, data: Any, probe: int = 256) -> float:
+    """The share of targets scored in `probe` training windows (seeded apart from training); an error
+    when none is, e.g. when --seq-len is too short to reach any answer."""
+    from looplm.config import ConfigError
+    from looplm.train.common import IGNORE
+
+    w = data.sample_windows(probe, cfg.seq_len, [cfg.seed, 2**31 - 1], windows=cfg.windows)
+    share = float((scored_targets(w, cfg.loss_on)[1] != IGNORE).mean())
+    if share == 0:
+        raise ConfigError(f"PretrainConfig.seq_len={cfg.seq_len}: no target is scored in {probe} training windows "
+                          f"(--loss-on {cfg.loss_on}, --windows {cfg.windows}); the answers start later in their "
+                          f"documents, so raise --seq-len")
+    return share
+
+
 def val_batches(cfg: PretrainConfig, data: Any, d: Any) -> dict[str, list]:
-    """Per domain: the first `eval_batches` sequential windows batches, this rank's rows, on device."""
+    """Per domain: the first `eval_batches` batches of sequential windows (or of documents, one per
+    window), this rank's rows, scored as training is, on device."""
     from itertools import islice
 
     from looplm.train import common as C
 
     out = {}
     for dom in data.val:
-        batches = islice(data.iter_batches(cfg.batch_size, cfg.seq_len, split=dom), cfg.eval_batches)
-        out[dom] = [C.to_device_batch(b[:, :-1], b[:, 1:], d.device) for b in (C.rank_rows(x, d) for x in batches)]
+        it = data.iter_documents if cfg.windows == "documents" else data.iter_windows
+        out[dom] = [C.to_device_batch(C.rank_rows(x, d), C.rank_rows(y, d), d.device)
+                    for x, y in (scored_targets(w, cfg.loss_on)
+                                 for w in islice(it(cfg.batch_size, cfg.seq_len, split=dom), cfg.eval_batches))]
     return out
 
 
@@ -172,18 +220,22 @@ class PretrainStage(LMStage):
         check_inputs(cfg, self.data, tok, raw.config, origin, d.world_size)
         self.prepare(raw, tok, d)
         self.val = val_batches(cfg, self.data, d)
-        self.tokens_per_update = cfg.batch_size * cfg.seq_len * cfg.grad_accum  # global; every target is scored
-        meta = {"data": str(cfg.data), "data_fingerprint": data_fingerprint(self.data)}
-        return meta, f"{self.tokens_per_update} tokens/update, peak {self.peak / 1e9:.1f} GFLOP/s/rank"
+        self.tokens_per_update = cfg.batch_size * cfg.seq_len * cfg.grad_accum  # global
+        share = scored_share(cfg, self.data)
+        meta = {"data": str(cfg.data), "data_fingerprint": data_fingerprint(self.data), "scored_share": share}
+        return meta, (f"{self.tokens_per_update} tokens/update ({share:.0%} of targets scored), "
+                      f"peak {self.peak / 1e9:.1f} GFLOP/s/rank")
 
     def batch(self, model: Any, raw: Any, step: int, d: Any) -> LMBatch:
         from looplm.train import common as C
 
         cfg, tpu = self.cfg, self.tokens_per_update
         n, k = self.depth(step)
-        micro = []
-        for m in range(cfg.grad_accum):
-            rows = C.rank_rows(self.data.sample_batch(cfg.batch_size, cfg.seq_len, C.step_rng(cfg.seed, step, m)), d)
-            micro.append(C.to_device_batch(rows[:, :-1], rows[:, 1:], d.device))  # [B/W, T] each
-        return LMBatch(micro, n, k, targets=tpu, tokens=tpu, flops=self.train_flops(n, k, cfg.seq_len, tpu),
-                       numbers={"tokens": (step + 1) * tpu})
+        micro, scored = [], 0
+        for m in range(cfg.grad_accum):  # every rank draws the global batch and keeps its rows
+            w = self.data.sample_windows(cfg.batch_size, cfg.seq_len, C.step_rng(cfg.seed, step, m), windows=cfg.windows)
+            x, y = scored_targets(w, cfg.loss_on)  # [B, T] each
+            scored += int((y != C.IGNORE).sum())
+            micro.append(C.to_device_batch(C.rank_rows(x, d), C.rank_rows(y, d), d.device))  # [B/W, T] each
+        return LMBatch(micro, n, k, targets=max(scored, 1), tokens=tpu, flops=self.train_flops(n, k, cfg.seq_len, tpu),
+                       numbers={"tokens": (step + 1) * tpu, "scored": scored})

@@ -67,10 +67,11 @@ def test_deterministic_per_seed(tmp_path, tok_dir, text_file):
 def test_interleave_every_prefix_is_fair():
     rng = np.random.default_rng(0)
     lengths = {d: rng.integers(5, 80, size=5000) for d in ("a", "b", "c")}
-    streams = {d: iter(np.zeros(n, dtype=np.uint16) for n in ls) for d, ls in lengths.items()}
+    streams = {d: iter((np.zeros(n, dtype=np.uint16), np.ones(n, dtype=np.uint8)) for n in ls)
+               for d, ls in lengths.items()}
     shares = {"a": 0.5, "b": 0.33, "c": 0.17}
     log: list[tuple[str, int]] = []
-    counts = interleave(streams, shares, 100_000, lambda d, ids: log.append((d, len(ids))))
+    counts = interleave(streams, shares, 100_000, lambda d, ids, mask: log.append((d, len(ids))))
     assert sum(counts.values()) == 100_000
     running = {d: 0 for d in shares}
     total = 0
@@ -201,3 +202,27 @@ def test_shared_wikitext_mixture(tmp_path, tok_dir, shared_data):
     data = PretrainData.open(tmp_path / "out")
     text = Tokenizer.load(tok_dir).decode(np.asarray(data.val["text"][:200]).tolist())
     assert text.startswith(" = Robert Boulter = \n") and "\r" not in text
+
+
+def test_loss_mask_scores_answers_and_plain_text(tmp_path, tok_dir, text_file):
+    """Per document: the masked tokens decode to exactly the answer (CLRS, maths) or the whole text,
+    and the EOS is scored; the mask shards match the token shards."""
+    from looplm.data.sources import answer_start, generated_docs, local_docs
+
+    m = build(tmp_path, tok_dir, text_file, tokens=20_000)
+    tok = Tokenizer.load(tok_dir)
+    data = PretrainData.open(tmp_path / "out", verify=True)
+    assert data.has_mask and m["loss_mask"]["dtype"] == "uint8"
+    assert [len(x) for x in data.train_mask] == [len(x) for x in data.train]
+    from looplm.data.sources import derive_seed
+
+    for dom, docs in [("clrs", generated_docs("clrs", derive_seed(0, "clrs", "val"), "eval")),
+                      ("math", generated_docs("math", derive_seed(0, "math", "val"), "eval")),
+                      ("text", local_docs(text_file))]:
+        toks, mask = np.asarray(data.val[dom]), np.asarray(data.val_mask[dom])
+        cuts = np.flatnonzero(toks == tok.eos_id)
+        for a, b, doc in zip(np.r_[-1, cuts[:-1]], cuts, docs):
+            ids, scored = toks[a + 1: b], mask[a + 1: b].astype(bool)  # the document without its EOS
+            assert mask[b] == 1  # predicting the end of a document is scored
+            assert tok.decode(ids[scored].tolist()) == doc[answer_start(doc):]
+            assert (dom == "text") == bool(scored.all())

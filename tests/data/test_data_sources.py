@@ -8,7 +8,7 @@ from itertools import islice
 import pytest
 
 from looplm.data.jsonl import DataFormatError
-from looplm.data.sources import (derive_seed, generated_docs, local_docs, paragraphs, parse_source,
+from looplm.data.sources import (answer_start, derive_seed, generated_docs, local_docs, paragraphs, parse_source,
                                  resolve_sources)
 from looplm.tasks.base import DataSourceError, in_split
 
@@ -39,6 +39,8 @@ def test_local_formats(tmp_path):
     q = tmp_path / "b.json"
     q.write_text(json.dumps([{"question": "Q?", "answer": "A"}]))
     assert list(local_docs(q)) == ["Q?\nA"]
+    assert [answer_start(d) for d in local_docs(q)] == [3]  # the answer "A" after "Q?\n"
+    assert [answer_start(d) for d in local_docs(j)] == [len("dfs:\nA\n"), 0]  # a text row is all answer
     bad = tmp_path / "c.jsonl"
     bad.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"prompt": "x"}) + "\n")
     with pytest.raises(DataFormatError, match=r"c\.jsonl:2: a row needs"):
@@ -121,3 +123,16 @@ def test_parquet_and_saved_sources_read_like_jsonl(tmp_path):
     (tmp_path / "broken.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataFormatError, match=r"broken\.parquet: cannot read parquet"):
         list(local_docs(tmp_path / "broken.parquet"))
+
+
+def test_join_qa_remembers_where_the_answer_starts():
+    from looplm.data.sources import QADoc, join_qa
+
+    doc = join_qa("What is 2 + 2?", "4")
+    assert doc == "What is 2 + 2?\n4" and isinstance(doc, QADoc) and doc[answer_start(doc):] == "4"
+    clrs = join_qa("dfs:\nA: [[0 1], [1 0]]\n", "[0 0]\n\n")  # a question ending in a newline is kept as is
+    assert clrs[answer_start(clrs):] == "[0 0]\n\n" and answer_start("plain text") == 0
+    for doc in islice(generated_docs("clrs", 3, "train"), 5):
+        assert doc[:answer_start(doc)].endswith("trace | pi:\n") and doc[answer_start(doc):].startswith("[0 ")
+    with pytest.raises(ValueError, match="answer_start 9 outside a document of 2 characters"):
+        QADoc("ab", 9)

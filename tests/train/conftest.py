@@ -47,7 +47,7 @@ def pretrain_config(pretrain_dir, micro_sets):
         base = dict(data=str(pretrain_dir), out=str(out), preset="tiny", model_overrides=list(micro_sets),
                     steps=8, batch_size=4, seq_len=32, warmup=2, lr=3e-3, eval_every=0, eval_batches=1,
                     eval_depths=(2,), save_every=4, keep=2, bptt_steps=2, peak_flops=1e10, threads=1,
-                    progress=False)
+                    progress=False, loss_on="all", windows="random")  # 32-token windows hold few answers
         base.update(changes)
         return PretrainConfig(**base)
 

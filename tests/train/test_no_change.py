@@ -162,7 +162,8 @@ def run_pretrain(base, monkeypatch) -> dict:
     res = train(PretrainConfig(data=str(data), out=str(out), init=str(ckpt), steps=5, batch_size=4, seq_len=16,
                                grad_accum=2, warmup=2, lr=3e-3, deep_fraction=0.25, mean_steps=2.0, bptt_steps=2,
                                eval_every=2, eval_batches=1, eval_depths=(2, 4), save_every=3, keep=2,
-                               peak_flops=1e10, threads=1, device="cpu", progress=False, seed=3))
+                               peak_flops=1e10, threads=1, device="cpu", progress=False, seed=3,
+                               loss_on="all", windows="random"))  # the recorded run predates the defaults
     assert res["exit_code"] == 0
     return {"loss": [r["loss"] for r in records(out, "train")], "depth": [r["depth"] for r in records(out, "train")],
             "eval": [{k: v for k, v in r.items() if k.startswith("val/")} for r in records(out, "eval")],

@@ -53,7 +53,8 @@ def straight_run(tmp_path_factory, pretrain_dir, micro_sets):
     out = tmp_path_factory.mktemp("straight") / "run"
     cfg = PretrainConfig(data=str(pretrain_dir), out=str(out), preset="tiny", model_overrides=list(micro_sets),
                          batch_size=4, seq_len=32, warmup=2, lr=3e-3, eval_every=0, eval_batches=1, eval_depths=(2,),
-                         bptt_steps=2, peak_flops=1e10, threads=1, progress=False, **RESUME_STEPS)
+                         bptt_steps=2, peak_flops=1e10, threads=1, progress=False, loss_on="all", windows="random",
+                         **RESUME_STEPS)
     assert main(cfg) == 0
     return out
 
@@ -293,3 +294,76 @@ def test_bf16_autocast_on_cpu(pretrain_config, tmp_path):
     losses = [r["loss"] for r in read_records(cfg.out)]
     assert all(isinstance(x, float) and 4 < x < 7 for x in losses)
     assert json.loads((Path(cfg.out) / "run_config.json").read_text())["bf16"] is True
+
+
+# ------------------------------------------------------------------------- answers and documents
+def test_scored_targets_follow_the_masks():
+    import numpy as np
+
+    from looplm.data.shards import Windows
+    from looplm.train.common import IGNORE
+    from looplm.train.pretrain import scored_targets
+
+    tokens = np.arange(12).reshape(2, 6)
+    mask = np.array([[1, 0, 0, 1, 1, 0], [1, 1, 1, 1, 1, 1]], dtype=np.uint8)
+    valid = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=bool)
+    x, y = scored_targets(Windows(tokens, mask, valid), "answers")
+    assert np.array_equal(x, tokens[:, :-1])
+    assert y.tolist() == [[IGNORE, IGNORE, 3, 4, IGNORE], [7, 8, 9, IGNORE, IGNORE]]
+    _, y_all = scored_targets(Windows(tokens, mask, valid), "all")
+    assert y_all.tolist() == [[1, 2, 3, 4, 5], [7, 8, 9, IGNORE, IGNORE]]  # padding is never scored
+
+
+def test_answers_on_document_windows(pretrain_config, tmp_path):
+    from looplm.train.pretrain import main
+
+    cfg = pretrain_config(tmp_path / "run", steps=6, eval_every=6, seq_len=64, loss_on="answers", windows="documents")
+    assert main(cfg) == 0
+    recs = read_records(cfg.out)
+    assert all(r["scored"] < 4 * 64 for r in recs) and sum(r["scored"] for r in recs) > 0  # questions are not scored
+    ev = read_records(cfg.out, "eval")[-1]
+    assert ev["val/math/loss@2"] > 0  # maths answers fit in 64 tokens; CLRS ones (~200 tokens in) do not:
+    assert ev["val/clrs/loss@2"] is None  # NaN (null in the JSONL): nothing scored, not a loss of 0
+    from looplm.config import ConfigError
+
+    data = json.loads((Path(cfg.data) / "manifest.json").read_text())
+    assert data["domains"]["clrs"]["train_tokens"] > 0
+    with pytest.raises(ConfigError, match=r"seq_len=24: no target is scored.*raise --seq-len"):
+        main(pretrain_config(tmp_path / "clrs-only", seq_len=24, loss_on="answers", windows="documents",
+                             data=str(clrs_only(tmp_path, cfg.data))))
+
+
+def clrs_only(tmp_path, data: str) -> Path:
+    """A copy of the test data made of CLRS documents only (the maths ones' tokens turned into
+    unscored question tokens), built the way the data builder does."""
+    import shutil
+
+    import numpy as np
+
+    out = tmp_path / "clrs-data"
+    shutil.copytree(data, out)
+    m = json.loads((out / "manifest.json").read_text())
+    for s in m["loss_mask"]["train"]["shards"]:
+        mask = np.zeros(s["tokens"], dtype=np.uint8)
+        mask.tofile(out / s["file"])
+    return out
+
+
+def test_answers_need_a_loss_mask(pretrain_config, pretrain_dir, tmp_path):
+    import shutil
+
+    from looplm.config import ConfigError
+    from looplm.data.shards import ManifestError
+    from looplm.train.pretrain import main
+
+    old = tmp_path / "old"
+    shutil.copytree(pretrain_dir, old)
+    m = json.loads((old / "manifest.json").read_text())
+    del m["loss_mask"]  # a build from before loss masks
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestError, match="--loss-on answers needs the data's loss mask"):
+        main(pretrain_config(tmp_path / "run", data=str(old), loss_on="answers"))
+    _no_training(tmp_path / "run")
+    assert main(pretrain_config(tmp_path / "run2", data=str(old), steps=2, loss_on="all")) == 0
+    with pytest.raises(ConfigError, match=r"PretrainConfig.windows='docs' is invalid.*documents"):
+        main(pretrain_config(tmp_path / "run3", windows="docs"))

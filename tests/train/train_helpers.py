@@ -17,7 +17,7 @@ def cli_args(cfg) -> list[str]:
     for s in cfg.model_overrides:
         argv += ["--set", s]
     for name in ("steps", "batch_size", "seq_len", "grad_accum", "warmup", "lr", "eval_every", "eval_batches",
-                 "save_every", "keep", "bptt_steps", "peak_flops", "threads"):
+                 "save_every", "keep", "bptt_steps", "peak_flops", "threads", "loss_on", "windows"):
         argv += ["--" + name.replace("_", "-"), str(getattr(cfg, name))]
     argv += ["--eval-depths", ",".join(map(str, cfg.eval_depths)), "--no-progress"]
     argv += ["--fsdp"] if cfg.fsdp else []
