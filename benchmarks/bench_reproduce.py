@@ -3,6 +3,7 @@
     python benchmarks/bench_reproduce.py [--preset tiny] [--out runs/bench/reproduce-tiny] [--threads N]
         [--no-save]
     python benchmarks/bench_reproduce.py --from-run runs/tiny      # record a finished run, do not re-run it
+    python benchmarks/bench_reproduce.py --from-run runs/tiny-s0 runs/tiny-s1   # two seeds: each, and the spread
 
 Runs the whole pipeline as the README's command does (`looplm reproduce --preset P --out DIR --force`,
 every phase re-run so the wall time is one run's), then reads back what the phases wrote and writes the
@@ -18,8 +19,12 @@ record `benchmarks/results/bench_reproduce-PRESET.json` (`--no-save` to skip):
   final model, and the three audit verdicts (`audit/audit.json`).
 A phase that did not run leaves its figures out (the record lists which).
 
-Simplification: one seed; with `--from-run` the wall time is each phase's last run, which after a
-partial re-run is not one run's.
+With several finished runs (`--from-run A B ...`, e.g. seeds 0 and 1) the record holds every run's
+figures (named "..., seed S"; the first run's are the headline ones), the spread (max - min) of each
+number, and notes saying which verdicts differ between the seeds.
+
+Simplification: with `--from-run` the wall time is each phase's last run, which after a partial re-run
+is not one run's.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--out", default=None, help="run directory (default: runs/bench/reproduce-PRESET)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--from-run", default=None, metavar="DIR", help="a finished run to record, not re-run")
+    ap.add_argument("--from-run", nargs="+", default=None, metavar="DIR",
+                    help="finished run(s) to record, not re-run (several: one per seed, with the spread)")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/bench_reproduce-*.json")
     return ap.parse_args(argv)
 
@@ -129,8 +135,9 @@ def figures_from_run(out: Path, preset: str) -> tuple[list[dict], list[str]]:
         if len(kinds) >= 2:
             means = {k: v["mean_exit_step"] for k, v in kinds.items()}
             hi, lo = max(means, key=means.get), min(means, key=means.get)
-            figs.append(figure(f"AdaExit mean exit step, latest kind ({hi}) minus earliest ({lo})",
+            figs.append(figure("AdaExit mean exit step, latest token kind minus earliest",
                                round(means[hi] - means[lo], 3), " steps", "> 0"))
+            notes.append(f"AdaExit mean exit step by token kind: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()))
         figs += [figure(f"AdaExit tokens/s speedup, batch {k.removeprefix('batch_')}", round(v["speedup"], 2), "x",
                         headline=k == "batch_1") for k, v in sp.items() if k.startswith("batch_")]
     spec = _json(out / "final" / "train_spec.json")
@@ -146,10 +153,52 @@ def figures_from_run(out: Path, preset: str) -> tuple[list[dict], list[str]]:
     return figs, notes
 
 
+def run_seed(out: Path) -> int | None:
+    """The seed a run was made with (its pre-training config), or None."""
+    cfg = _json(out / "pretrain" / "run_config.json")
+    return cfg.get("seed") if isinstance(cfg, dict) else None
+
+
+def combine_seeds(runs: list[tuple[int | None, list[dict], list[str]]]) -> tuple[list[dict], list[str]]:
+    """Every run's figures (suffixed ", seed S"; headline only for the first run), then per figure found in
+    every run the spread max - min of its numbers, and notes on the verdicts that differ between runs."""
+    figs, notes = [], []
+    for k, (seed, fs, ns) in enumerate(runs):
+        figs += [{**f, "name": f"{f['name']}, seed {seed}", "headline": f["headline"] and k == 0} for f in fs]
+        notes += [f"seed {seed}: {n}" for n in ns]
+    by_name = [{f["name"]: f for f in fs} for _, fs, _ in runs]
+    seeds = ", ".join(str(seed) for seed, _, _ in runs)
+    for name, first in by_name[0].items():
+        same = [b.get(name) for b in by_name]
+        if any(f is None for f in same):
+            notes.append(f"{name}: not measured in every run")
+            continue
+        values = [f["value"] for f in same]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            unit = first["unit"].strip()
+            figs.append(figure(f"{name}: spread over seeds {seeds} (max - min)", round(max(values) - min(values), 3),
+                               " points" if unit == "%" else unit and " " + unit))  # a spread of percentages
+        verdicts = [f["met"] for f in same]
+        if first["target"] and len(set(verdicts)) > 1:
+            notes.append(f"{name}: the verdict differs between seeds {seeds} ({' / '.join(map(str, values))}, "
+                         f"target {first['target']})")
+    agree = sum(1 for name, f in by_name[0].items() if f["target"]
+                and all(b.get(name) is not None and b[name]["met"] == f["met"] for b in by_name))
+    judged = sum(1 for f in by_name[0].values() if f["target"])
+    notes.insert(0, f"seeds {seeds}: {agree} of {judged} judged figures have the same verdict in every run")
+    return figs, notes
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_run and len(args.from_run) > 1:
+        outs = [Path(p) for p in args.from_run]
+        runs = [(run_seed(o), *figures_from_run(o, args.preset)) for o in outs]
+        figs, notes = combine_seeds(runs)
+        command = f"looplm reproduce (recorded from the finished runs in {', '.join(map(str, outs))})"
+        return finish(args, figs, notes, command)
     if args.from_run:
-        out = Path(args.from_run)
+        out = Path(args.from_run[0])
         command = f"looplm reproduce (recorded from the finished run in {out})"
     else:
         from looplm.cli import main as looplm_main
@@ -162,9 +211,16 @@ def main(argv=None) -> int:
         if rc != 0:
             raise SystemExit(f"`{command}` failed with exit code {rc}")
     figs, notes = figures_from_run(out, args.preset)
+    return finish(args, figs, notes, command)
+
+
+def finish(args: argparse.Namespace, figs: list[dict], notes: list[str], command: str) -> int:
+    """Print the figures and write the record (unless --no-save)."""
     for f in figs:
         print(f"{f['name']}: {fmt_value(f['value'], f['unit'])}"
               + (f" (target {fmt_target(f['target'], f['unit'])}: {fmt_met(f['met'])})" if f["target"] else ""))
+    for n in notes:
+        print("note:", n)
     if not args.no_save:
         write_record(f"bench_reproduce-{args.preset}", figs, script=__file__, command=command, notes=notes,
                      title=f"`looplm reproduce --preset {args.preset}`: wall time and the report card's headline "

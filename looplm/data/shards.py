@@ -175,7 +175,7 @@ class PretrainData:
         self.train = train
         self.val = val
         self.train_mask, self.val_mask = train_mask, val_mask
-        self._eos_cache: dict[tuple[str, int], np.ndarray] = {}
+        self._cache: dict[tuple, Any] = {}  # EOS positions and document draws, computed once
         self.vocab_size: int = int(manifest["vocab_size"])
         self.tokenizer_sha256: str = manifest["tokenizer_sha256"]
         self.dtype = np.dtype(manifest["dtype"])
@@ -235,9 +235,9 @@ class PretrainData:
         if self.eos_id is None:
             raise ManifestError(f"{self.directory}: the manifest records no eos_id, so documents cannot be found")
         key = (split, i)
-        if key not in self._eos_cache:
-            self._eos_cache[key] = np.flatnonzero(np.asarray(self._arrays(split)[i]) == self.eos_id)
-        return self._eos_cache[key]
+        if key not in self._cache:
+            self._cache[key] = np.flatnonzero(np.asarray(self._arrays(split)[i]) == self.eos_id)
+        return self._cache[key]
 
     def _gather(self, split: str, picks: list[tuple[int, int]], seq_len: int) -> Windows:
         """Windows of seq_len + 1 tokens at (array index, start), padded past an array's end."""
@@ -264,18 +264,26 @@ class PretrainData:
             return self._gather(split, self._random_starts(batch_size, seq_len, rng, rank, world_size, split), seq_len)
         if windows != "documents":
             raise ValueError(f"windows must be 'random' or 'documents', got {windows!r}")
-        segs = _rank_segments([len(a) for a in self._arrays(split)], rank, world_size)
-        starts, weights = [], []
-        for i, lo, hi in segs:
-            eos = self._doc_starts(split, i)
-            eos = eos[(eos >= lo) & (eos < hi - 1)]  # a document follows inside this rank's part
-            starts += [(i, int(p)) for p in eos]
-            weights.append(np.diff(eos, append=hi))  # the document's length (+ its opening EOS)
-        if not starts:
-            raise ValueError(f"split {split!r} (rank {rank}/{world_size}) holds no document boundary")
-        cum = np.cumsum(np.concatenate(weights))  # a document is drawn in proportion to its length
+        arr_idx, pos, cum = self._document_draws(split, rank, world_size)
         picks = np.searchsorted(cum, rng.integers(0, int(cum[-1]), size=batch_size), side="right")
-        return self._gather(split, [starts[int(j)] for j in picks], seq_len)
+        return self._gather(split, [(int(arr_idx[j]), int(pos[j])) for j in picks], seq_len)
+
+    def _document_draws(self, split: str, rank: int, world_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(array index, EOS position, cumulative length) of every document that opens inside this
+        rank's part of the split, computed once per (split, rank, world size)."""
+        key = ("draws", split, rank, world_size)
+        if key not in self._cache:
+            idx, pos, lengths = [], [], []
+            for i, lo, hi in _rank_segments([len(a) for a in self._arrays(split)], rank, world_size):
+                eos = self._doc_starts(split, i)
+                eos = eos[(eos >= lo) & (eos < hi - 1)]  # a document follows inside this rank's part
+                idx.append(np.full(len(eos), i))
+                pos.append(eos)
+                lengths.append(np.diff(eos, append=hi))  # the document's length (+ its opening EOS)
+            if not sum(len(p) for p in pos):
+                raise ValueError(f"split {split!r} (rank {rank}/{world_size}) holds no document boundary")
+            self._cache[key] = (np.concatenate(idx), np.concatenate(pos), np.cumsum(np.concatenate(lengths)))
+        return self._cache[key]
 
     def sample_batch(self, batch_size: int, seq_len: int, rng: np.random.Generator | int,
                      rank: int = 0, world_size: int = 1, split: str = "train") -> np.ndarray:

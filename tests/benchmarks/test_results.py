@@ -290,14 +290,32 @@ def test_bench_reproduce_reads_the_figures_of_a_run(tmp_path):
     assert f["CLRS-DFS drop without replay (pre-trained minus grpo-outcome-noreplay)"]["value"] == 8.0
     assert f["word problems pass@1 of the SFT model"]["value"] == 15.0
     assert f["word problems pass@1 of the SFT model"]["met"] is True
-    kind = f["AdaExit mean exit step, latest kind (node label) minus earliest (punctuation/format)"]
+    kind = f["AdaExit mean exit step, latest token kind minus earliest"]
     assert kind["value"] == 0.6 and kind["met"] is True
+    assert "AdaExit mean exit step by token kind: node label 1.80, punctuation/format 1.20" in notes
     assert f["AdaExit core FLOPs saved on the final model"]["met"] is True
     assert f["held-out word problems pass@1, process minus outcome reward (same start, same steps)"]["value"] == 12.5
     assert f["AdaExit tokens/s speedup, batch 8"]["value"] == 2.2
     assert f["speculative output == greedy output"]["met"] is True
     assert "phase not done: audit (failed)" in notes and not any("audit verdicts" in n for n in f)
     M.validate_record(_record(figures=figs), "run")
+
+    # a second seed: every run's figures, the spread of each number, the verdicts that differ
+    other = [{**x, "value": x["value"] + 2.0, "met": None} if x["name"].startswith("word problems") else x
+             for x in figs]
+    other = [M.figure(x["name"], x["value"], x["unit"], x["target"], headline=x["headline"]) for x in other]
+    both, notes2 = bench_reproduce.combine_seeds([(0, figs, notes), (1, other[1:], [])])
+    g = {x["name"]: x for x in both}
+    assert g["word problems pass@1 of the SFT model, seed 1"]["value"] == 17.0
+    assert g["word problems pass@1 of the SFT model, seed 0"]["headline"] is True
+    assert g["word problems pass@1 of the SFT model, seed 1"]["headline"] is False
+    spread = g["word problems pass@1 of the SFT model: spread over seeds 0, 1 (max - min)"]
+    assert spread["value"] == 2.0 and spread["unit"] == " points"
+    assert "wall time of all 3 phases: not measured in every run" in notes2  # left out of seed 1 above
+    judged = sum(1 for x in figs if x["target"])
+    assert notes2[0] == f"seeds 0, 1: {judged - 1} of {judged} judged figures have the same verdict in every run"
+    assert "seed 0: phase not done: audit (failed)" in notes2
+    M.validate_record(_record(figures=both), "two seeds")
 
 
 def test_adaexit_and_speculative_figures_from_their_result_dicts():

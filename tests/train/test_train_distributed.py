@@ -39,12 +39,17 @@ def _assert_close_runs(a: Path, b: Path, rtol: float) -> None:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=2e-5)
 
 
-def test_two_cpu_ranks_match_one_process(pretrain_config, tmp_path):
+@pytest.mark.parametrize("scoring", [dict(loss_on="all", windows="random"),
+                                     dict(loss_on="answers", windows="documents", seq_len=64)],
+                         ids=["all-tokens", "answers-in-documents"])
+def test_two_cpu_ranks_match_one_process(pretrain_config, tmp_path, scoring):
+    """With answers only, the ranks' rows hold different numbers of scored targets: the loss must still
+    be the global mean over the update's scored targets."""
     from looplm.train.pretrain import main
 
-    single = pretrain_config(tmp_path / "single", **DDP_RUN)
+    single = pretrain_config(tmp_path / "single", **DDP_RUN, **scoring)
     assert main(single) == 0
-    ddp = pretrain_config(tmp_path / "ddp", **DDP_RUN)
+    ddp = pretrain_config(tmp_path / "ddp", **DDP_RUN, **scoring)
     proc = _torchrun(ddp, 2)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 rank(s) x 1 thread(s)" in proc.stdout
