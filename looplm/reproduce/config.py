@@ -69,7 +69,8 @@ BUDGETS: dict[str, Budget] = {
         model_preset="tiny", model_overrides=(), vocab_size=2048, mix_tokens=5_000_000,
         # CLRS-Text gets most of pre-training: it is the skill the alignment tax is measured on. Scoring the
         # answers in windows opened at a document took CLRS-DFS before SFT from 9.4% to 43.0% at 2,400
-        # updates; 2,800 updates on 75% CLRS reached 51.6% in 27 minutes in all (LEARNING_LOG 2026-12-08)
+        # updates; 2,800 updates on 75% CLRS reached 51.6 / 39.8 / 46.1% (seeds 0 / 1 / 2) in 24-27 minutes
+        # in all (LEARNING_LOG 2026-12-08)
         mix=(("clrs", 0.75), ("math", 0.2), ("text", 0.05)), clrs_nodes=(4, 5),
         logic_nodes=(4, 6),
         pretrain_steps=2800, pretrain_batch=8, pretrain_seq_len=256, pretrain_lr=1e-3, pretrain_warmup=60,
