@@ -137,7 +137,8 @@ def figures_from_run(out: Path, preset: str) -> tuple[list[dict], list[str]]:
             hi, lo = max(means, key=means.get), min(means, key=means.get)
             figs.append(figure("AdaExit mean exit step, latest token kind minus earliest",
                                round(means[hi] - means[lo], 3), " steps", "> 0"))
-            notes.append(f"AdaExit mean exit step by token kind: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()))
+            notes.append("AdaExit mean exit step by token kind: "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in means.items()))
         figs += [figure(f"AdaExit tokens/s speedup, batch {k.removeprefix('batch_')}", round(v["speedup"], 2), "x",
                         headline=k == "batch_1") for k, v in sp.items() if k.startswith("batch_")]
     spec = _json(out / "final" / "train_spec.json")

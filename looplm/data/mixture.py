@@ -235,7 +235,7 @@ def _build(cfg: MixConfig, tok: Tokenizer, sources: dict[str, Source], out: Path
     stats = {d: DomainStats() for d in cfg.mix}
     val_files: dict[str, dict[str, Any]] = {}
     val_masks: dict[str, dict[str, Any]] = {}
-    streams: dict[str, Iterator[np.ndarray]] = {}
+    streams: dict[str, Iterator[Tokens]] = {}
     for d, src in sources.items():
         label = f"domain {d!r} ({src.spec})"
         if src.kind == "generated":

@@ -8,8 +8,8 @@ micro-batches draw random windows of seq_len + 1 tokens (generator keyed by seed
 micro-batch; rank r takes its rows of the global batch), forward n steps with gradients through
 the last k, backward (`looplm/train/lm_stage.py`). `--windows documents` starts every window at a
 document boundary; `--loss-on answers` scores only the answers of question + answer documents (and all
-of plain text), by the data's loss mask; the loss is the mean over the scored targets. Evaluation: loss and bits per byte per
-validation domain at fixed depths. SIGTERM/SIGINT save and exit with 128 + signal number;
+of plain text), by the data's loss mask; the loss is the mean over the scored targets. Evaluation:
+loss and bits per byte per validation domain at fixed depths. SIGTERM/SIGINT save and exit with 128 + signal number;
 `max_bad_steps` non-finite updates in a row stop with exit code 3.
 
 Sources of the weights: a fresh model from `--preset` (+ `--set` overrides, seeded by `--seed`), a
@@ -233,7 +233,8 @@ class PretrainStage(LMStage):
         n, k = self.depth(step)
         micro, scored = [], 0
         for m in range(cfg.grad_accum):  # every rank draws the global batch and keeps its rows
-            w = self.data.sample_windows(cfg.batch_size, cfg.seq_len, C.step_rng(cfg.seed, step, m), windows=cfg.windows)
+            w = self.data.sample_windows(cfg.batch_size, cfg.seq_len, C.step_rng(cfg.seed, step, m),
+                                         windows=cfg.windows)
             x, y = scored_targets(w, cfg.loss_on)  # [B, T] each
             scored += int((y != C.IGNORE).sum())
             micro.append(C.to_device_batch(C.rank_rows(x, d), C.rank_rows(y, d), d.device))  # [B/W, T] each

@@ -326,21 +326,20 @@ def test_answers_on_document_windows(pretrain_config, tmp_path):
     assert ev["val/clrs/loss@2"] is None  # NaN (null in the JSONL): nothing scored, not a loss of 0
     from looplm.config import ConfigError
 
-    data = json.loads((Path(cfg.data) / "manifest.json").read_text())
-    assert data["domains"]["clrs"]["train_tokens"] > 0
     with pytest.raises(ConfigError, match=r"seq_len=24: no target is scored.*raise --seq-len"):
-        main(pretrain_config(tmp_path / "clrs-only", seq_len=24, loss_on="answers", windows="documents",
-                             data=str(clrs_only(tmp_path, cfg.data))))
+        main(pretrain_config(tmp_path / "unscored", seq_len=24, loss_on="answers", windows="documents",
+                             data=str(nothing_scored(tmp_path, cfg.data))))
+    _no_training(tmp_path / "unscored")
 
 
-def clrs_only(tmp_path, data: str) -> Path:
-    """A copy of the test data made of CLRS documents only (the maths ones' tokens turned into
-    unscored question tokens), built the way the data builder does."""
+def nothing_scored(tmp_path, data: str) -> Path:
+    """A copy of the test data whose train loss mask is all zeros: every window holds questions only,
+    as when --seq-len ends before any answer starts."""
     import shutil
 
     import numpy as np
 
-    out = tmp_path / "clrs-data"
+    out = tmp_path / "unscored-data"
     shutil.copytree(data, out)
     m = json.loads((out / "manifest.json").read_text())
     for s in m["loss_mask"]["train"]["shards"]:
