@@ -7,8 +7,11 @@ in one pass and then decodes one token per row per forward. Options:
 - sampling: greedy (`temperature=0`), temperature, top-k, top-p, seeded;
 - stop tokens: a row stops after emitting one (the stop token is included in its output);
 - `use_cache=False`: re-runs the whole sequence for every token (the reference for tests/benchmarks);
-- adaptive exit (`halt_threshold`, `min_steps`): each token leaves the core at its own step; the
-  exit step of the position that produced every new token is returned;
+- adaptive exit (`halt_threshold`, `min_steps`): each generated token leaves the core at its own step;
+  the prompt runs at full depth unless `adaptive_prefill=True` (its states are the context of every
+  later token: early-exited prompt states cost more agreement than they save at decode). The exit step
+  of the position that produced every new token is returned (the first comes from the prompt's last
+  position);
 - `compile=True` (fixed depth, cached): every decode forward runs as one `torch.compile`d graph
   (`looplm/compiled_decode.py`; the first call of a new shape compiles);
 - `speculative=True` (greedy only): the model's next token plus K draft tokens from the speculative
@@ -46,6 +49,7 @@ class GenerationConfig:
     speculative: bool = False
     halt_threshold: float | None = None  # None = fixed depth
     min_steps: int = 1
+    adaptive_prefill: bool = False  # with halt_threshold: let prompt tokens exit early too
     seed: int | None = None
     pad_id: int = 0
     compile: bool = False  # torch.compile the decode step (fixed depth; see looplm/compiled_decode.py)
@@ -155,8 +159,15 @@ def generate(model: RecursiveCausalLM, prompts: list[list[int]], cfg: Generation
     return out
 
 
-def _forward(model, ids, cfg, steps, **kw):
-    return model(ids, steps, halt_threshold=cfg.halt_threshold, min_steps=cfg.min_steps, **kw)
+def _forward(model, ids, cfg, steps, prompt_len: int = 0, **kw):
+    """One forward under the config's exit rule. The first `prompt_len` columns of ids are prompt: at full
+    depth unless `cfg.adaptive_prefill` (a prefill passes prompt_len = its width)."""
+    if cfg.halt_threshold is None or cfg.adaptive_prefill or prompt_len == 0:
+        return model(ids, steps, halt_threshold=cfg.halt_threshold, min_steps=cfg.min_steps, **kw)
+    if prompt_len >= ids.shape[1]:
+        return model(ids, steps, **kw)
+    exit_mask = (torch.arange(ids.shape[1], device=ids.device) >= prompt_len).expand(ids.shape[0], -1)
+    return model(ids, steps, halt_threshold=cfg.halt_threshold, min_steps=cfg.min_steps, exit_mask=exit_mask, **kw)
 
 
 def _with_table(model, steps: int) -> dict:
@@ -201,10 +212,12 @@ def _decode(model, prompts, cfg, on_tokens=None) -> GenerationOutput:
                                 finished=[bool(t) and t[-1] in stop_set for t in tokens], forward_passes=passes)
     if cfg.use_cache:
         cache = model.new_cache(B, ids.shape[1] + cfg.max_new_tokens, steps)
-        out = _forward(model, ids, cfg, steps, cache=cache, attention_mask=mask, position_ids=pos, last_only=True,
-                       **tbl)
+        out = _forward(model, ids, cfg, steps, ids.shape[1], cache=cache, attention_mask=mask, position_ids=pos,
+                       last_only=True, **tbl)
     else:  # the reference: the whole sequence again for every token (only the last position's logits)
-        out = _forward(model, ids, cfg, steps, attention_mask=mask, position_ids=pos, last_only=True, **tbl)
+        out = _forward(model, ids, cfg, steps, ids.shape[1], attention_mask=mask, position_ids=pos, last_only=True,
+                       **tbl)
+    prompt_len = ids.shape[1]
     passes += 1
     pos = pos[:, -1:]  # [b, 1] position of each row's last token
     rows = list(range(B))  # the prompt index of each row still in the batch
@@ -237,7 +250,8 @@ def _decode(model, prompts, cfg, on_tokens=None) -> GenerationOutput:
             ids = torch.cat([ids, feed], dim=1)
             mask = torch.cat([mask, torch.ones_like(feed, dtype=torch.bool)], dim=1)
             full_pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            out = _forward(model, ids, cfg, steps, attention_mask=mask, position_ids=full_pos, last_only=True, **tbl)
+            out = _forward(model, ids, cfg, steps, prompt_len, attention_mask=mask, position_ids=full_pos,
+                           last_only=True, **tbl)
         passes += 1
     finished = [bool(t) and t[-1] in stop_set for t in tokens]
     return GenerationOutput(tokens=tokens, exit_steps=exits, finished=finished, forward_passes=passes)
@@ -251,7 +265,7 @@ def _speculative_one(model, prompt, cfg, on_tokens=None) -> GenerationOutput:
     ids = torch.tensor([prompt], dtype=torch.long, device=device)
     cache = model.new_cache(1, len(prompt) + cfg.max_new_tokens + K + 1, steps)
     tbl = _with_table(model, steps)
-    out = _forward(model, ids, cfg, steps, cache=cache, last_only=True, **tbl)
+    out = _forward(model, ids, cfg, steps, len(prompt), cache=cache, last_only=True, **tbl)
     passes = 1
     nxt, nxt_exit = int(out.logits[0, -1].argmax()), int(_exit_of(out, steps)[0])
     drafts = model.spec_logits(out.hidden[0, -1], tbl["weights_t"]).argmax(-1).tolist()  # [K]

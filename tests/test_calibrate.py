@@ -99,7 +99,8 @@ def test_sweep_agreement_matches_position_by_position_adaptive_decoding(micro_co
     for s, p in zip(seqs, plens):
         for i in range(p - 1, len(s) - 1):  # what uncached adaptive decoding computes for each new token
             x = torch.tensor([s[:i + 1]])
-            ada = m(x, steps, halt_threshold=tau, min_steps=ms)
+            prompt_full_depth = (torch.arange(i + 1) >= p)[None]  # only generated tokens exit, as in generate
+            ada = m(x, steps, halt_threshold=tau, min_steps=ms, exit_mask=prompt_full_depth)
             agree += int(ada.logits[0, -1].argmax() == m(x, steps).logits[0, -1].argmax())
             exits += int(ada.exit_steps[0, -1])
             n += 1

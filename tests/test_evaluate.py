@@ -178,7 +178,10 @@ def test_adaptive_uses_the_checkpoints_calibration(ckpt, tmp_path, cfg256, small
                                  meta={"stage": "calibrate-halt", "halt_threshold": 1e-6, "halt_min_steps": 2})
     res = run_eval(quick(calibrated, tasks=("arith",), n=2, steps=3, adaptive=True, write=False))
     assert (res["config"]["halt_threshold"], res["config"]["min_steps"]) == (1e-6, 2)
-    assert all(e == 2 for r in res["runs"][0]["records"] for e in r["exit_steps"])  # tiny tau: exit at min_steps
+    recs = res["runs"][0]["records"]
+    assert all(r["exit_steps"][0] == 3 for r in recs)  # the first token comes from the prompt, at full depth
+    assert all(e == 2 for r in recs for e in r["exit_steps"][1:])  # tiny tau: generated tokens exit at min_steps
+    assert any(len(r["exit_steps"]) > 1 for r in recs)
     with pytest.raises(ConfigError, match="adaptive"):
         quick(calibrated, adaptive=True, halt_threshold=0.5).validate()
 

@@ -80,6 +80,23 @@ def test_adaptive_exit_cached_uncached_and_alone(mode):
         assert a.tokens == [generate(m, [p], cfg).tokens[0] for p in PROMPTS]
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_adaptive_prompt_runs_full_depth_unless_adaptive_prefill(mode):
+    m = make(mode, mixed_halt=True)
+    cfg = GenerationConfig(max_new_tokens=8, steps=6, halt_threshold=0.6, min_steps=1)
+    full_prompt = generate(m, PROMPTS, cfg)
+    assert all(row[0] == 6 for row in full_prompt.exit_steps)  # the first token comes from the prompt's last
+    assert min(s for row in full_prompt.exit_steps for s in row[1:]) < 6
+    both = GenerationConfig(**{**cfg.__dict__, "adaptive_prefill": True})
+    a, b = generate(m, PROMPTS, both), generate(m, PROMPTS, GenerationConfig(**{**both.__dict__, "use_cache": False}))
+    assert a.tokens == b.tokens and a.exit_steps == b.exit_steps
+    assert any(row[0] < 6 for row in a.exit_steps)
+    with torch.no_grad():  # the prefill is the fixed-depth forward
+        ids = torch.tensor([PROMPTS[0]])
+        first = int(m(ids, 6).logits[0, -1].argmax())
+    assert generate(m, [PROMPTS[0]], cfg).tokens[0][0] == first
+
+
 def test_adaptive_never_firing_equals_fixed_depth():
     m = make()
     fixed = generate(m, PROMPTS, GenerationConfig(max_new_tokens=10, steps=4))

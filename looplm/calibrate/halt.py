@@ -7,7 +7,7 @@ Stages of `calibrate_halt(HaltCalibConfig)`:
 2. Labels from the model's own convergence (docs/model.md): one full-depth forward keeps s_1..s_n; the coda
    is run on every s_{t+1} (all positions at the same depth), giving p_t. For each real position,
    y_t = 1 iff argmax p_t' = argmax p_full for every t' >= t and KL(p_full ‖ p_t) < kl_delta.
-   Prompt positions are labelled too (prefill exits early as well, and its states feed the coda).
+   Prompt positions are labelled too (for `fit_positions="all"`).
 3. Fit: the halt head's `Linear(d, 1)` on the features rms(s_{t+1}) with BCE (Adam, minibatches);
    nothing else is trainable, and a bit-for-bit check refuses any other change. The rows are the steps
    before full depth (the last step's label is always 1 and its halt output is never consulted) at the
@@ -20,8 +20,8 @@ Stages of `calibrate_halt(HaltCalibConfig)`:
    exiting, is always added; plus, per min_steps m < n, the `tau_quantiles` quantiles of the fitted
    head's halt probability at step m over the fit's decode positions, so that τ can hold back about
    the least settled share q of the tokens instead of a grid point that holds back none or all) run
-   the model's real adaptive forward over prompt + full-depth greedy
-   continuation and compare its argmax at the decode positions (last prompt token .. last-but-one
+   the model's real adaptive forward over prompt + full-depth greedy continuation, the prompt at full
+   depth as generation runs it (`GenerationConfig.adaptive_prefill`), and compare its argmax at the decode positions (last prompt token .. last-but-one
    token: exactly the predictions adaptive cached decoding makes given the same prefix) with the
    full-depth argmax. The pair with the most core FLOPs saved at decode positions among those with
    agreement >= target_agreement wins (ties: higher agreement).
@@ -182,12 +182,13 @@ def adaptive_sweep(model, prompt_lens: list[int], seqs: list[list[int]], steps: 
         lens = torch.tensor([len(s) for s in seqs[i:i + batch_size]], device=device)[:, None]
         plen = torch.tensor(prompt_lens[i:i + batch_size], device=device)[:, None]
         decode = (ar >= plen - 1) & (ar <= lens - 2)  # positions predicting the continuation tokens
-        batches.append((ids, decode, ar < lens, model(ids, steps).logits.argmax(-1)))
+        may_exit = (ar >= plen).expand_as(ids)  # as generation: the prompt at full depth, continuation tokens exit
+        batches.append((ids, decode, may_exit, ar < lens, model(ids, steps).logits.argmax(-1)))
     rows = []
     for m, tau in tqdm(grid, desc="tau sweep", disable=not progress, leave=False):
         agree = n_dec = exit_dec = exit_all = n_all = 0
-        for ids, decode, real, ref in batches:
-            out = model(ids, steps, halt_threshold=tau, min_steps=m)
+        for ids, decode, may_exit, real, ref in batches:
+            out = model(ids, steps, halt_threshold=tau, min_steps=m, exit_mask=may_exit)
             agree += int((out.logits.argmax(-1) == ref)[decode].sum())
             n_dec += int(decode.sum())
             exit_dec += int(out.exit_steps[decode].sum())

@@ -13,7 +13,10 @@ nothing itself:
 - the KV cache is a `LoopLMCache` (looplm/hf/cache_looplm.py): created by the first forward with
   `use_cache`, returned as `cache` (and `past_key_values`) and fed back by `generate`.
 - `generate(..., steps=S, halt_threshold=X, min_steps=M)`: these are generation options, passed to
-  every forward of the call.
+  every forward of the call. As `looplm.generate`, the prompt runs at full depth and only generated
+  tokens exit early: `generate` passes `prompt_len` (the prompt's width) to every forward, which lets
+  only the positions at or after it exit (a plain `forward` without `prompt_len` lets every position
+  exit).
 
 Loading (`from_pretrained`) builds the model on the meta device and then loads the weights; buffers
 that are not saved (RoPE angles, RMSNorm floors) are recomputed in `_init_weights` from a freshly
@@ -110,7 +113,8 @@ class LoopLMForCausalLM(PreTrainedModel, GenerationMixin):
                 position_ids: torch.LongTensor | None = None, cache: Cache | None = None,
                 past_key_values: Cache | None = None, labels: torch.LongTensor | None = None,
                 use_cache: bool | None = None, steps: int | None = None, halt_threshold: float | None = None,
-                min_steps: int | None = None, logits_to_keep: int = 0, num_items_in_batch: int | None = None,
+                min_steps: int | None = None, prompt_len: int | None = None, logits_to_keep: int = 0,
+                num_items_in_batch: int | None = None,
                 inputs_embeds: torch.Tensor | None = None, output_attentions: bool | None = None,
                 output_hidden_states: bool | None = None, return_dict: bool | None = None, **kwargs):
         self._check_unsupported(input_ids, inputs_embeds, output_attentions, output_hidden_states, kwargs)
@@ -127,11 +131,17 @@ class LoopLMForCausalLM(PreTrainedModel, GenerationMixin):
         if cache is not None:
             cache.ensure(T)
             tables = cache.tables(self.model, steps)
+        exit_mask = None
+        if halt_threshold is not None and prompt_len is not None:  # the prompt at full depth (module docstring)
+            exit_mask = (torch.arange(past, past + T, device=input_ids.device) >= prompt_len).expand(B, T)
+            if not bool(exit_mask.any()):
+                halt_threshold, exit_mask = None, None
         if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"LoopLMForCausalLM: logits_to_keep={logits_to_keep!r} must be an integer >= 0")
         out = self.model(input_ids, steps, cache=cache.inner if cache is not None else None,
                          attention_mask=new_mask, position_ids=position_ids, halt_threshold=halt_threshold,
-                         min_steps=min_steps, last_only=logits_to_keep == 1 and labels is None, **tables)
+                         min_steps=min_steps, exit_mask=exit_mask, last_only=logits_to_keep == 1 and labels is None,
+                         **tables)
         logits = out.logits
         loss = None if labels is None else shifted_lm_loss(logits, labels, num_items_in_batch)
         if logits_to_keep > 1:
@@ -177,6 +187,13 @@ class LoopLMForCausalLM(PreTrainedModel, GenerationMixin):
         return position_ids, new_mask
 
     # ------------------------------------------------------------------ generation
+    def generate(self, inputs: torch.LongTensor | None = None, **kwargs):
+        """transformers' `generate`, telling every forward where the prompt ends (module docstring)."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        if ids is not None and "prompt_len" not in kwargs:
+            kwargs["prompt_len"] = int(ids.shape[1])
+        return super().generate(inputs, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, cache: Cache | None = None,
                                       past_key_values: Cache | None = None,
                                       attention_mask: torch.Tensor | None = None, use_cache: bool = True, **kwargs):

@@ -13,7 +13,9 @@
 `forward` takes the number of steps explicitly. Truncated backprop: only the last `grad_steps` steps
 build a graph. Adaptive exit (`halt_threshold`): a token exits at the first step t + 1 >= min_steps
 with λ_t > τ; its state is frozen; rows whose tokens all exited leave the batch for the remaining
-steps, so compute really shrinks. Incremental decoding passes a `ModelCache`.
+steps, so compute really shrinks. `exit_mask` (bool [B, T]) limits exits to some positions (generation
+runs the prompt at full depth and lets only the generated tokens exit); `force_exit` (bool [B, T]) makes
+positions exit at step `min_steps` whatever λ says (training for mixed-depth contexts, `exit_share`). Incremental decoding passes a `ModelCache`.
 
 Design choices (see docs/model.md): e is RMS-normed before injection; W_adapt starts as [small noise | I]
 (or [gain * I | I] with `adapter_state_gain`, so the state flows through the steps from the start) so
@@ -227,7 +229,8 @@ class RecursiveCausalLM(nn.Module):
     def forward(self, input_ids, steps: int, *, grad_steps: int | None = None, cache: ModelCache | None = None,
                 attention_mask=None, position_ids=None, return_states=False, return_halt=False,
                 return_spec=False, init_noise=False, halt_threshold: float | None = None, min_steps: int = 1,
-                last_only=False, step_table: StepTable | None = None, weights_t: dict | None = None) -> ModelOutput:
+                exit_mask: torch.Tensor | None = None, force_exit: torch.Tensor | None = None, last_only=False, step_table: StepTable | None = None,
+                weights_t: dict | None = None) -> ModelOutput:
         """Run `steps` recurrence steps. A caller that runs many forwards with unchanged weights (decoding)
         may pass `step_table` (from `core.step_table(n >= steps)`; by default computed here) and
         `weights_t` (from `transposed_weights()`: the prelude/coda linears and the LM head in the layout a
@@ -235,13 +238,17 @@ class RecursiveCausalLM(nn.Module):
         B, T = input_ids.shape
         pos = cache.pos if cache is not None else 0
         self._check(T, pos, steps, cache, halt_threshold, min_steps)
+        for name, m in (("exit_mask", exit_mask), ("force_exit", force_exit)):
+            if m is not None and tuple(m.shape) != (B, T):
+                raise ValueError(f"{name} of shape {tuple(m.shape)} must be [batch, tokens] = {(B, T)}")
         if position_ids is None:
             position_ids = torch.arange(pos, pos + T, device=input_ids.device).expand(B, T)
         mask = self._mask(B, T, pos, cache, attention_mask, input_ids.device)
         x, (states, halts, exit_steps) = self._trunk(
             input_ids, position_ids, mask, cache, pos, weights_t, steps=steps, grad_steps=grad_steps,
             return_states=return_states, return_halt=return_halt, init_noise=init_noise,
-            halt_threshold=halt_threshold, min_steps=min_steps, step_table=step_table)
+            halt_threshold=halt_threshold, min_steps=min_steps, exit_mask=exit_mask, force_exit=force_exit,
+            step_table=step_table)
         if cache is not None:
             cache.pos = pos + T
         h = self.norm(x[:, -1:] if last_only else x)
@@ -271,7 +278,7 @@ class RecursiveCausalLM(nn.Module):
         not visible. Does not move `cache.pos` (the caller does)."""
         x, _ = self._trunk(input_ids, position_ids, mask, cache, write_pos, weights_t, steps=steps, grad_steps=None,
                            return_states=False, return_halt=False, init_noise=False, halt_threshold=None,
-                           min_steps=1, step_table=step_table)
+                           min_steps=1, exit_mask=None, step_table=step_table)
         return project(self.norm(x), self.lm_head, weights_t)
 
     def spec_logits(self, h: torch.Tensor, weights_t: dict | None = None) -> torch.Tensor:
@@ -295,7 +302,7 @@ class RecursiveCausalLM(nn.Module):
                                   keep)
 
     def run_core(self, e, steps, rope, mask, cache, pos, grad_steps, return_states, return_halt, init_noise,
-                 halt_threshold, min_steps, step_table=None):
+                 halt_threshold, min_steps, exit_mask=None, force_exit=None, step_table=None):
         B, T, d = e.shape
         core = self.core
         lat_src = LATENT_SOURCES[self.config.core_kv]([blk.attn for blk in core.blocks], e, rope, cache, pos)
@@ -309,7 +316,7 @@ class RecursiveCausalLM(nn.Module):
         k = steps if grad_steps is None else max(0, min(grad_steps, steps))
         states = [s] if return_states else None
         halts = []
-        adaptive = halt_threshold is not None
+        adaptive = halt_threshold is not None or force_exit is not None
         exited = torch.zeros(B, T, dtype=torch.bool, device=e.device) if adaptive else None
         exit_steps = torch.full((B, T), steps, dtype=torch.long, device=e.device) if adaptive else None
         rows = None
@@ -321,11 +328,16 @@ class RecursiveCausalLM(nn.Module):
                 rope_rows = tuple(_sub(r, rows) for r in rope)
                 s_new = core.step(s_in, _sub(e_in, rows), t, tbl, lat_src, rope_rows, _sub(mask, rows), rows, ex)
                 can_exit = adaptive and t + 1 >= min_steps  # no token exits before min_steps
-                lam = core.halt_prob(s_new) if return_halt or can_exit else None
+                lam = core.halt_prob(s_new) if return_halt or (can_exit and halt_threshold is not None) else None
                 if adaptive and t >= min_steps:  # tokens that exited at an earlier step stay frozen
                     s_new = torch.where(ex.unsqueeze(-1), s_in, s_new)
                 if can_exit:
-                    newly = (~ex) & (lam > halt_threshold)
+                    newly = (lam > halt_threshold) if halt_threshold is not None else torch.zeros_like(ex)
+                    if force_exit is not None and t + 1 == min_steps:
+                        newly = newly | _sub(force_exit, rows)
+                    newly = newly & ~ex
+                    if exit_mask is not None:
+                        newly = newly & _sub(exit_mask, rows)
                     if rows is None:
                         exited = exited | newly
                         exit_steps = torch.where(newly, t + 1, exit_steps)

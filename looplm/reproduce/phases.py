@@ -132,7 +132,7 @@ def _sft(ctx: Context, out: Path, data: str, init: str) -> dict[str, Any]:
     res = train(SFTConfig(data=data, init=init, out=_s(out), steps=b.sft_steps, batch_size=b.sft_batch,
                           seq_len=min(512, 384), lr=b.sft_lr, warmup=20, eval_every=0, save_every=b.sft_steps,
                           sample_depth=True, mean_steps=b.mean_steps, min_depth=b.min_depth,  # as pre-trained
-                          bptt_steps=b.bptt_steps,
+                          bptt_steps=b.bptt_steps, exit_share=b.sft_exit_share,
                           keep=1, seed=ctx.cfg.seed, device=ctx.cfg.device, threads=_threads(ctx), progress=False,
                           log_every=10, resume=(out / "metrics.jsonl").exists()))
     if res.get("exit_code", 0) != 0:
@@ -327,8 +327,9 @@ def phases(cfg) -> list[Phase]:
         Phase("pretrain", pretrain_phase, ("data",),
               sett("pretrain_steps", "pretrain_batch", "pretrain_seq_len", "pretrain_lr", "pretrain_loss_on",
                    "pretrain_windows", "mean_steps", "min_depth", "bptt_steps")),
-        Phase("sft", sft_phase, ("pretrain", "data"), sett("sft_steps", "sft_batch", "sft_lr")),
-        Phase("sft-noreplay", sft_noreplay_phase, ("pretrain", "data"), sett("sft_steps", "sft_batch", "sft_lr")),
+        Phase("sft", sft_phase, ("pretrain", "data"), sett("sft_steps", "sft_batch", "sft_lr", "sft_exit_share")),
+        Phase("sft-noreplay", sft_noreplay_phase, ("pretrain", "data"),
+              sett("sft_steps", "sft_batch", "sft_lr", "sft_exit_share")),
         Phase("grpo-outcome", grpo_outcome_phase, ("sft", "data"), sett("grpo_outcome_steps", *grpo_keys)),
         Phase("grpo-outcome-noreplay", grpo_outcome_noreplay_phase, ("sft-noreplay", "data"),
               sett("grpo_outcome_steps", *grpo_keys)),

@@ -345,5 +345,6 @@ def validate_stage(cfg: Any) -> None:
     need_float(cfg, "mean_steps", 0.0, lo_open=True, optional=True)
     need_float(cfg, "depth_sigma", 0.0)
     need_float(cfg, "deep_fraction", 0.0, 1.0)
+    need_float(cfg, "exit_share", 0.0, 1.0)
     need_float(cfg, "peak_flops", 0.0, lo_open=True, optional=True)
     need_ints(cfg, "eval_depths", 1)

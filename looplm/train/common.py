@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from looplm.config import ConfigError
 
 IGNORE = -100  # target id that carries no loss
-DEPTH_STREAM, DATA_STREAM = 1, 2  # sub-streams of the per-step seeded generators
+DEPTH_STREAM, DATA_STREAM, EXIT_STREAM = 1, 2, 3  # sub-streams of the per-step seeded generators
 DEEP_RANGE = (16, 32)
 UNTRAINED_PREFIXES = ("speculative_projs.", "speculative_biases.", "core.halt.")  # later stages train these
 
@@ -409,17 +409,33 @@ def eval_depths(requested: tuple[int, ...] | list[int], train_depth: int, max_st
 
 
 # ------------------------------------------------------------------------------------ one update
+def forced_exits(seed: int, step: int, micro: int, local_shape: tuple[int, int], share: float,
+                 d: Dist) -> torch.Tensor | None:
+    """This rank's rows [b, T] of the positions of micro-batch `micro` of update `step` that leave the core
+    after one step (`LoopConfig.exit_share`): each with probability `share`, drawn for the global batch from
+    a stateless generator (exact resume; W ranks draw what one process draws)."""
+    if share <= 0:
+        return None
+    b, T = local_shape
+    rng = np.random.default_rng([seed, EXIT_STREAM, step, micro])
+    full = rng.random((b * d.world_size, T)) < share  # [B, T] global rows
+    return torch.from_numpy(full[d.rank * b:(d.rank + 1) * b]).to(d.device)
+
+
 def accumulate(model: nn.Module, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int, k: int,
-               n_targets: int, d: Dist, bf16: bool, poison: bool = False) -> torch.Tensor:
+               n_targets: int, d: Dist, bf16: bool, poison: bool = False,
+               exits: list[torch.Tensor | None] | None = None) -> torch.Tensor:
     """Forward n steps (gradients through the last k) and backward every micro-batch of one update;
     gradients end up as d(global summed loss / n_targets), where n_targets counts the scored targets
-    of the whole update over all ranks. Returns this rank's summed loss (float64, detached)."""
+    of the whole update over all ranks. `exits[i]` (optional, bool like micro-batch i's inputs): positions
+    forced to leave the core after one step. Returns this rank's summed loss (float64, detached)."""
     micro_batches = list(micro_batches)
     total = torch.zeros((), dtype=torch.float64, device=d.device)
     for i, (x, y) in enumerate(micro_batches):
+        force = exits[i] if exits is not None and n > 1 else None
         with no_sync(model, i == len(micro_batches) - 1):
             with autocast(d.device, bf16):
-                ls = loss_sum(model(x, n, grad_steps=k, init_noise=True).logits, y)
+                ls = loss_sum(model(x, n, grad_steps=k, init_noise=True, force_exit=force).logits, y)
             if poison:  # test hook (LOOPLM_TEST_NAN_STEPS)
                 ls = ls * float("nan")
             (ls * (d.world_size / n_targets)).backward()  # DDP/FSDP average over ranks -> global mean

@@ -60,9 +60,12 @@ class LMStage:
         return train_flops_per_token(self.mcfg, n, k, seq_len) * tokens
 
     def backward(self, model: Any, batch: LMBatch, update: int, d: Any, poison: bool) -> tuple[Any, float]:
-        from looplm.train.common import accumulate
+        from looplm.train.common import accumulate, forced_exits
 
-        return accumulate(model, batch.micro, batch.n, batch.k, batch.targets, d, self.cfg.bf16, poison), batch.targets
+        exits = [forced_exits(self.cfg.seed, update, i, tuple(x.shape), self.cfg.exit_share, d)
+                 for i, (x, _) in enumerate(batch.micro)]
+        loss = accumulate(model, batch.micro, batch.n, batch.k, batch.targets, d, self.cfg.bf16, poison, exits)
+        return loss, batch.targets
 
     def record(self, batch: LMBatch, seconds: float) -> dict[str, Any]:
         return {"depth": batch.n, "bptt": batch.k, **batch.numbers, "tokens_per_s": batch.tokens / seconds,

@@ -83,6 +83,9 @@ class LoopConfig(RunConfig):
     bptt_steps: int = opt_field(8, "back-propagate through the last k = min(n, bptt_steps) recurrence steps")
     deep_fraction: float = opt_field(0.0, "share of updates with depth n ~ U[16, 32] (clipped to max_steps; needs "
                                           "sampled depth)")
+    exit_share: float = opt_field(0.0, "AdaExit-aware training: this share of the positions of every update leaves "
+                                       "the core after one step (frozen, as an early exit), so the coda learns "
+                                       "contexts of mixed depth and one-step states learn to predict; 0 = off")
     eval_batches: int = opt_field(2, "validation batches per domain")
     eval_depths: tuple[int, ...] = opt_field((4, 8, 16), "fixed depths to evaluate at (those <= max_steps, plus the "
                                                          "model's recurrence)")

@@ -271,6 +271,44 @@ def test_adaptive_cached_equals_uncached(mode, attn):
     assert torch.equal(torch.cat([p.exit_steps for p in parts], 1), full.exit_steps)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_exit_mask_keeps_masked_positions_at_full_depth(mode):
+    m = make(mode)
+    _mixed_halt(m)
+    ids = torch.randint(0, 256, (2, 12))
+    may = torch.zeros(2, 12, dtype=torch.bool)
+    may[:, 7:] = True  # a 7-token "prompt" that never exits
+    with torch.no_grad():
+        out = m(ids, 6, halt_threshold=0.6, exit_mask=may)
+        free = m(ids, 6, halt_threshold=0.6)
+    assert bool((out.exit_steps[:, :7] == 6).all())
+    assert bool((free.exit_steps[:, :7] < 6).any()), "test needs exits among the masked positions"
+    with torch.no_grad():  # nothing allowed to exit: the fixed-depth forward exactly
+        none = m(ids, 6, halt_threshold=0.6, exit_mask=torch.zeros(2, 12, dtype=torch.bool))
+    assert torch.equal(none.logits, m(ids, 6).logits)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_force_exit_freezes_the_chosen_positions_after_min_steps(mode):
+    m = make(mode)
+    ids = torch.randint(0, 256, (2, 10))
+    force = torch.rand(2, 10, generator=torch.Generator().manual_seed(1)) < 0.4
+    with torch.no_grad():
+        out = m(ids, 5, min_steps=1, force_exit=force, return_states=True)
+        full = m(ids, 5, return_states=True)
+    assert torch.equal(out.exit_steps, torch.where(force, 1, 5))
+    torch.testing.assert_close(out.states[-1][force], full.states[1][force], rtol=0, atol=0)
+    if mode == "anchored":  # keys from e: the core of the other positions is untouched
+        torch.testing.assert_close(out.states[-1][~force], full.states[-1][~force], rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        assert torch.equal(m(ids, 5, force_exit=torch.zeros_like(force)).logits, full.logits)
+    m(ids, 3, min_steps=1, force_exit=force, grad_steps=3).logits.square().mean().backward()  # training uses it
+    grads = [p.grad for p in m.core.parameters() if p.grad is not None]
+    assert grads and any(bool(g.abs().sum() > 0) for g in grads)
+    with pytest.raises(ValueError, match="force_exit"):
+        m(ids, 3, force_exit=force[:, :4])
+
+
 def test_outputs_and_shapes():
     m = make()
     ids = torch.randint(0, 256, (2, 5))

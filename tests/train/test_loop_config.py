@@ -49,3 +49,5 @@ def test_a_bad_shared_value_names_the_stage_field():
         PretrainConfig(data="d", out="o", deep_fraction=2.0)
     with pytest.raises(ConfigError, match=r"PretrainConfig\.min_depth=0 .*--min-depth"):
         PretrainConfig(data="d", out="o", min_depth=0)
+    with pytest.raises(ConfigError, match=r"SFTConfig\.exit_share=1\.5 .*--exit-share"):
+        SFTConfig(data="d.jsonl", init="ck", out="o", exit_share=1.5)

@@ -167,12 +167,13 @@ def sft_setup(train_tokenizer, micro_config, tmp_path):
     return make
 
 
-def test_sft_run_and_exact_resume(sft_setup, tmp_path):
+@pytest.mark.parametrize("exit_share", [0.0, 0.5])
+def test_sft_run_and_exact_resume(sft_setup, tmp_path, exit_share):
     from looplm.checkpoint import load_checkpoint
     from looplm.train.rundir import ResumeError
     from looplm.train.sft import main
 
-    straight = sft_setup(tmp_path / "straight")
+    straight = sft_setup(tmp_path / "straight", exit_share=exit_share)
     assert main(straight) == 0
     recs = read_records(straight.out)
     assert [r["step"] for r in recs] == list(range(1, 7))
@@ -189,7 +190,7 @@ def test_sft_run_and_exact_resume(sft_setup, tmp_path):
     shutil.copytree(straight.out, part)
     shutil.rmtree(part / "step_0000006")
     shutil.rmtree(part / "final")
-    assert main(sft_setup(part, resume=True)) == 0
+    assert main(sft_setup(part, resume=True, exit_share=exit_share)) == 0
     assert [(r["step"], r["loss"]) for r in read_records(part)] == [(r["step"], r["loss"]) for r in recs]
     wa, wb = load_weights(Path(straight.out) / "final"), load_weights(part / "final")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -197,7 +198,18 @@ def test_sft_run_and_exact_resume(sft_setup, tmp_path):
     other = tmp_path / "other.jsonl"
     other.write_text(Path(straight.data).read_text() + json.dumps(ROWS[-1]) + "\n")
     with pytest.raises(ResumeError, match="different data"):
-        main(sft_setup(straight.out, resume=True, data=str(other)))
+        main(sft_setup(straight.out, resume=True, data=str(other), exit_share=exit_share))
+
+
+def test_sft_exit_share_changes_the_forward(sft_setup, tmp_path):
+    from looplm.train.sft import main
+
+    losses = []
+    for share in (0.0, 0.5):
+        cfg = sft_setup(tmp_path / f"x{share}", steps=1, exit_share=share)
+        assert main(cfg) == 0
+        losses.append(read_records(cfg.out)[0]["loss"])
+    assert losses[0] != losses[1]  # half the positions left the core after one step
 
 
 def test_sft_sampled_depth_and_bad_config(sft_setup, tmp_path):

@@ -148,3 +148,13 @@ def test_grad_norm_reports_non_finite():
     w.grad = torch.tensor([3.0, 4.0, 0.0])
     assert float(C.grad_norm(w, [w], 1.0)) == pytest.approx(5.0)
     assert torch.allclose(w.grad, torch.tensor([0.6, 0.8, 0.0]), atol=1e-6)  # clipped to norm 1
+
+
+def test_forced_exits_split_the_global_draw_across_ranks():
+    one = C.forced_exits(3, 17, 0, (8, 40), 0.3, C.Dist())
+    halves = [C.forced_exits(3, 17, 0, (4, 40), 0.3, C.Dist(rank=r, world_size=2)) for r in range(2)]
+    assert torch.equal(torch.cat(halves), one)  # 2 ranks force exactly the positions one process does
+    assert torch.equal(C.forced_exits(3, 17, 0, (8, 40), 0.3, C.Dist()), one)  # stateless: resume draws it again
+    assert not torch.equal(C.forced_exits(3, 18, 0, (8, 40), 0.3, C.Dist()), one)
+    assert abs(float(one.float().mean()) - 0.3) < 0.08
+    assert C.forced_exits(3, 17, 0, (8, 40), 0.0, C.Dist()) is None
