@@ -21,10 +21,11 @@ Stages of `calibrate_halt(HaltCalibConfig)`:
    head's halt probability at step m over the fit's decode positions, so that τ can hold back about
    the least settled share q of the tokens instead of a grid point that holds back none or all) run
    the model's real adaptive forward over prompt + full-depth greedy continuation, the prompt at full
-   depth as generation runs it (`GenerationConfig.adaptive_prefill`), and compare its argmax at the decode positions (last prompt token .. last-but-one
-   token: exactly the predictions adaptive cached decoding makes given the same prefix) with the
-   full-depth argmax. The pair with the most core FLOPs saved at decode positions among those with
-   agreement >= target_agreement wins (ties: higher agreement).
+   depth as generation runs it (`GenerationConfig.adaptive_prefill`), and compare its argmax at the
+   decode positions (last prompt token .. last-but-one token: exactly the predictions adaptive cached
+   decoding makes given the same prefix) with the full-depth argmax. The pair with the most core FLOPs
+   saved at decode positions among those with agreement >= target_agreement wins (ties: higher
+   agreement).
 5. Check by decoding: adaptive greedy generation at the chosen pair vs full-depth greedy generation
    on the held-out prompts (exact-match fraction, matched-prefix agreement, realised exit steps), and
    tokens/s of both, interleaved in one run, at each batch size of `bench_batches`. Whole sequences

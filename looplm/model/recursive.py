@@ -15,7 +15,8 @@ build a graph. Adaptive exit (`halt_threshold`): a token exits at the first step
 with λ_t > τ; its state is frozen; rows whose tokens all exited leave the batch for the remaining
 steps, so compute really shrinks. `exit_mask` (bool [B, T]) limits exits to some positions (generation
 runs the prompt at full depth and lets only the generated tokens exit); `force_exit` (bool [B, T]) makes
-positions exit at step `min_steps` whatever λ says (training for mixed-depth contexts, `exit_share`). Incremental decoding passes a `ModelCache`.
+positions exit at step `min_steps` whatever λ says (training for mixed-depth contexts, `exit_share`).
+Incremental decoding passes a `ModelCache`.
 
 Design choices (see docs/model.md): e is RMS-normed before injection; W_adapt starts as [small noise | I]
 (or [gain * I | I] with `adapter_state_gain`, so the state flows through the steps from the start) so
@@ -229,8 +230,8 @@ class RecursiveCausalLM(nn.Module):
     def forward(self, input_ids, steps: int, *, grad_steps: int | None = None, cache: ModelCache | None = None,
                 attention_mask=None, position_ids=None, return_states=False, return_halt=False,
                 return_spec=False, init_noise=False, halt_threshold: float | None = None, min_steps: int = 1,
-                exit_mask: torch.Tensor | None = None, force_exit: torch.Tensor | None = None, last_only=False, step_table: StepTable | None = None,
-                weights_t: dict | None = None) -> ModelOutput:
+                exit_mask: torch.Tensor | None = None, force_exit: torch.Tensor | None = None, last_only=False,
+                step_table: StepTable | None = None, weights_t: dict | None = None) -> ModelOutput:
         """Run `steps` recurrence steps. A caller that runs many forwards with unchanged weights (decoding)
         may pass `step_table` (from `core.step_table(n >= steps)`; by default computed here) and
         `weights_t` (from `transposed_weights()`: the prelude/coda linears and the LM head in the layout a
